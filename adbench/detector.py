@@ -1,0 +1,133 @@
+"""The one interface every anomaly detector implements.
+
+A detector is trained on normal images only (``fit``) and then scores test batches
+(``predict``). Everything else a benchmark needs to treat methods alike is declared as class
+attributes, so the harness never special-cases a method:
+
+* ``Config``: a dataclass whose defaults are the ``paper`` profile; ``PROFILES`` holds the
+  overrides of every other named profile (``quick`` at least).
+* ``produces_maps``: whether ``predict`` returns anomaly maps (pixel metrics need them).
+* ``protocols``: ``single`` (one model per category) and/or ``unified`` (one model over the
+  training sets of several categories).
+
+The harness hands ``fit`` and ``predict`` images that already went through ``preprocess()``'s
+geometry (resize, optional centre crop) as float tensors in [0, 1]. Normalisation is the
+method's business (a backbone normalises with its own pretrained config; a reconstruction model
+may want [0, 1]), which keeps synthetic-anomaly augmentation in plain pixel space.
+
+Training loops, optimisers and schedules belong to the method. A method never sees test
+labels or masks during ``fit``.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable, Optional
+
+import numpy as np
+import torch
+
+from adbench.config import MethodConfig
+from adbench.data import Batch, Preprocess
+
+
+@dataclass
+class Prediction:
+    """What a detector says about one batch.
+
+    scores: [B] image anomaly scores (higher = more anomalous).
+    maps:   [B, H, W] anomaly maps at the batch's image geometry, or None when the method
+            produces no map (the record then has no pixel metrics, rather than zeros).
+    """
+
+    scores: torch.Tensor | np.ndarray
+    maps: Optional[torch.Tensor | np.ndarray] = None
+
+    def numpy(self) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """Scores and maps as float32/float32 NumPy arrays on the CPU."""
+        scores = _to_numpy(self.scores).reshape(-1).astype(np.float64)
+        maps = None if self.maps is None else _to_numpy(self.maps).astype(np.float32)
+        return scores, maps
+
+
+def _to_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x)
+
+
+@dataclass
+class RunContext:
+    """What the harness tells a detector about the job it runs in.
+
+    device:   torch device chosen by ``--device`` (``auto`` = CUDA when present).
+    seed:     the job's seed (already applied to Python, NumPy and torch).
+    weights:  ``--weights`` value: None (resolve normally), a file path, or ``"random"``.
+    profile:  name of the profile the config was resolved from.
+    progress: whether per-job progress bars are wanted (``-q`` turns them off).
+    workdir:  a scratch folder private to the job (spill files, caches); removed afterwards.
+    """
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    weights: Optional[str] = None
+    profile: str = "paper"
+    progress: bool = False
+    workdir: Optional[str] = None
+
+
+class Detector(abc.ABC):
+    """Base class of all methods. Subclasses register with ``@register_method("name")``."""
+
+    #: registry name, set by the decorator
+    name: ClassVar[str] = ""
+    #: the method's config dataclass: its defaults are the ``paper`` profile
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    #: overrides per named profile; ``paper`` is the dataclass defaults
+    PROFILES: ClassVar[dict[str, dict[str, Any]]] = {"paper": {}, "quick": {}}
+    #: whether predict() returns anomaly maps
+    produces_maps: ClassVar[bool] = True
+    #: which protocols the method supports
+    protocols: ClassVar[tuple[str, ...]] = ("single",)
+
+    def __init__(self, config: MethodConfig, context: RunContext | None = None):
+        self.config = config
+        self.context = context or RunContext()
+
+    # --- what the harness asks before running -------------------------------------------
+    def preprocess(self) -> Preprocess:
+        """Geometry the harness applies to images AND masks. Default: the config's sizes."""
+        return Preprocess(
+            image_size=int(getattr(self.config, "image_size", 256)),
+            crop_size=getattr(self.config, "crop_size", None),
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.context.device
+
+    # --- the two verbs -------------------------------------------------------------------
+    @abc.abstractmethod
+    def fit(self, train_loader: Iterable[Batch]) -> None:
+        """Learn from normal training images (batches carry no test labels or masks)."""
+
+    @abc.abstractmethod
+    def predict(self, batch: Batch) -> Prediction:
+        """Score one test batch."""
+
+    # --- what the record says about the trained model ---------------------------------------
+    def weights_tag(self) -> str:
+        """Where the pretrained weights came from (``imagenet:<file>``, ``random``, ``none``)."""
+        return "none"
+
+    def num_parameters(self) -> int:
+        """Parameters of the trained model (0 for non-parametric parts like memory banks)."""
+        total = 0
+        for value in vars(self).values():
+            if isinstance(value, torch.nn.Module):
+                total += sum(p.numel() for p in value.parameters())
+        return total
+
+    def record_extras(self) -> dict[str, Any]:
+        """Method-specific facts a reader needs (e.g. which texture source DRAEM used)."""
+        return {}

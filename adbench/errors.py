@@ -1,0 +1,38 @@
+"""User-facing errors.
+
+Anything the user can fix (a bad option, a missing or corrupt file, an unknown name) raises a
+subclass of ``UserError``. The CLI prints its message (one line per problem, each naming the
+file or option at fault) and exits with code 2, with no traceback unless ``--debug``.
+Everything else is a bug or a job failure and is handled as such.
+"""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """An error the user can fix; the message names the file or option at fault."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        self.problems = list(problems) if problems else [message]
+        super().__init__(message if not problems else "\n".join(self.problems))
+
+
+class ConfigError(UserError):
+    """Unknown option, unknown config key, or a value of the wrong type."""
+
+
+class DataError(UserError):
+    """Missing data root, corrupt image, mask missing or of the wrong size, empty split...
+
+    Index validation collects every problem before raising, so the user fixes them all at
+    once: ``DataError("3 problems", problems=[...])`` prints one line per problem.
+    """
+
+
+class WeightsError(UserError):
+    """A weights file that is missing, corrupt, or for another architecture."""
+
+
+class RegistryError(UserError):
+    """Unknown method or dataset name (with a close-match suggestion), or a bad plugin."""
