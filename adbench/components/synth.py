@@ -75,3 +75,304 @@ def perlin_texture_anomaly(
     blended = (1.0 - beta) * texture.to(image.dtype) + beta * image
     out = torch.where(mask[None], blended, image)
     return out, mask
+
+
+# --------------------------------------------------------------------------------------------
+# Patch transforms (CutPaste appendix A.1; seed 000 section 1.2)
+# --------------------------------------------------------------------------------------------
+def color_jitter(patch: torch.Tensor, generator: Generator, brightness: float = 0.1, contrast: float = 0.1,
+                 saturation: float = 0.1, hue: float = 0.1) -> torch.Tensor:
+    """torchvision ``ColorJitter`` semantics with an explicit generator: brightness, contrast,
+    saturation factors ~ U(1 - s, 1 + s), hue shift ~ U(-h, h), applied in random order."""
+    import torchvision.transforms.functional as TF
+
+    rng = numpy_rng(generator)
+    if min(patch.shape[-2:]) == 0:
+        return patch
+    ops = []
+    if brightness > 0:
+        ops.append((TF.adjust_brightness, float(rng.uniform(1 - brightness, 1 + brightness))))
+    if contrast > 0:
+        ops.append((TF.adjust_contrast, float(rng.uniform(1 - contrast, 1 + contrast))))
+    if saturation > 0:
+        ops.append((TF.adjust_saturation, float(rng.uniform(1 - saturation, 1 + saturation))))
+    if hue > 0:
+        ops.append((TF.adjust_hue, float(rng.uniform(-hue, hue))))
+    out = patch
+    for i in rng.permutation(len(ops)):
+        fn, factor = ops[int(i)]
+        out = fn(out, factor)
+    return out.clamp(0.0, 1.0)
+
+
+def pepper_noise(patch: torch.Tensor, generator: Generator, amount: tuple[float, float] = (0.02, 0.1),
+                 salt: bool = False) -> torch.Tensor:
+    """Set a random fraction (~ U(amount)) of the patch's pixels to black (and, with ``salt``,
+    half of them to white). Seed 000 uses "pepper noise" on augmented patches without giving an
+    amount; (0.02, 0.1) is our choice."""
+    rng = numpy_rng(generator)
+    h, w = patch.shape[-2:]
+    frac = float(rng.uniform(*amount))
+    hit = torch.from_numpy(rng.random((h, w)) < frac)
+    out = patch.clone()
+    out[:, hit] = 0.0
+    if salt:
+        white = hit & torch.from_numpy(rng.random((h, w)) < 0.5)
+        out[:, white] = 1.0
+    return out
+
+
+def _transform_patch(patch: torch.Tensor, rng: np.random.Generator, patch_transform: str, jitter: float) -> torch.Tensor:
+    if patch_transform == "jitter":
+        return color_jitter(patch, rng, jitter, jitter, jitter, jitter) if jitter > 0 else patch
+    if patch_transform == "pepper":
+        return pepper_noise(patch, rng)
+    if patch_transform == "none":
+        return patch
+    raise ValueError(f"patch_transform {patch_transform!r}: expected jitter, pepper or none")
+
+
+# --------------------------------------------------------------------------------------------
+# Rectangular patches: cutout, CutPaste, CutMix
+# --------------------------------------------------------------------------------------------
+def patch_size(shape: tuple[int, int], rng: np.random.Generator, area_ratio: tuple[float, float] = (0.02, 0.15),
+               aspect_ratio: tuple[float, float] = (0.3, 3.3)) -> tuple[int, int]:
+    """(h, w) of a RandomErasing-style box: area ~ U(area_ratio) * H * W, aspect w/h log-uniform."""
+    height, width = shape
+    area = rng.uniform(*area_ratio) * height * width
+    aspect = float(np.exp(rng.uniform(np.log(aspect_ratio[0]), np.log(aspect_ratio[1]))))
+    w = int(round(np.sqrt(area * aspect)))
+    h = int(round(np.sqrt(area / aspect)))
+    return min(max(h, 1), height), min(max(w, 1), width)
+
+
+def _box(shape: tuple[int, int], size: tuple[int, int], rng: np.random.Generator) -> tuple[int, int]:
+    """Top-left corner of a ``size`` box lying fully inside ``shape``."""
+    return int(rng.integers(0, shape[0] - size[0] + 1)), int(rng.integers(0, shape[1] - size[1] + 1))
+
+
+def _box_mask(shape: tuple[int, int], top: int, left: int, size: tuple[int, int]) -> torch.Tensor:
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[top : top + size[0], left : left + size[1]] = True
+    return mask
+
+
+def cutout(image: torch.Tensor, generator: Generator, fill: str = "grey", area_ratio=(0.02, 0.15),
+           aspect_ratio=(0.3, 3.3)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cutout variants of CutPaste table 4: a box filled with ``grey`` (0.5), the image's
+    ``mean`` colour or a ``random`` colour."""
+    _check_image(image)
+    rng = numpy_rng(generator)
+    shape = tuple(image.shape[-2:])
+    size = patch_size(shape, rng, area_ratio, aspect_ratio)
+    top, left = _box(shape, size, rng)
+    if fill == "grey":
+        colour = torch.full((3,), 0.5)
+    elif fill == "mean":
+        colour = image.mean(dim=(1, 2))
+    elif fill == "random":
+        colour = torch.from_numpy(rng.random(3).astype(np.float32))
+    else:
+        raise ValueError(f"cutout fill {fill!r}: expected grey, mean or random")
+    out = image.clone()
+    out[:, top : top + size[0], left : left + size[1]] = colour.to(image.dtype)[:, None, None]
+    return out, _box_mask(shape, top, left, size)
+
+
+def cutpaste(image: torch.Tensor, generator: Generator, area_ratio=(0.02, 0.15), aspect_ratio=(0.3, 3.3),
+             jitter: float = 0.1, source: Optional[torch.Tensor] = None,
+             patch_transform: str = "jitter") -> tuple[torch.Tensor, torch.Tensor]:
+    """CutPaste: cut a box from ``source`` (default: the image itself), transform it (colour
+    jitter of intensity ``jitter`` by default; ``pepper`` or ``none``), paste it at an
+    independent random location of the image. Both boxes lie fully inside the images."""
+    _check_image(image)
+    rng = numpy_rng(generator)
+    src = image if source is None else source
+    shape = tuple(image.shape[-2:])
+    size = patch_size(shape, rng, area_ratio, aspect_ratio)
+    size = (min(size[0], src.shape[-2]), min(size[1], src.shape[-1]))
+    sy, sx = _box(tuple(src.shape[-2:]), size, rng)
+    patch = _transform_patch(src[:, sy : sy + size[0], sx : sx + size[1]], rng, patch_transform, jitter)
+    top, left = _box(shape, size, rng)
+    out = image.clone()
+    out[:, top : top + size[0], left : left + size[1]] = patch.to(image.dtype)
+    return out, _box_mask(shape, top, left, size)
+
+
+def cutmix(image: torch.Tensor, other: torch.Tensor, generator: Generator, area_ratio=(0.02, 0.15),
+           aspect_ratio=(0.3, 3.3), patch_transform: str = "none", jitter: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix as seed 000 uses it: a box of ``other`` pasted into ``image``. As in CutMix
+    (Yun et al.) the box keeps its location; no label mixing (this is one-class training)."""
+    _check_image(image)
+    rng = numpy_rng(generator)
+    if other.shape != image.shape:
+        raise ValueError(f"cutmix: other image shape {tuple(other.shape)} != {tuple(image.shape)}")
+    shape = tuple(image.shape[-2:])
+    size = patch_size(shape, rng, area_ratio, aspect_ratio)
+    top, left = _box(shape, size, rng)
+    patch = _transform_patch(other[:, top : top + size[0], left : left + size[1]], rng, patch_transform, jitter)
+    out = image.clone()
+    out[:, top : top + size[0], left : left + size[1]] = patch.to(image.dtype)
+    return out, _box_mask(shape, top, left, size)
+
+
+# --------------------------------------------------------------------------------------------
+# Scars: long thin rotated boxes
+# --------------------------------------------------------------------------------------------
+def _rotated(patch: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate an [h, w, 3] patch on an expanded canvas; returns (rotated patch, bool support)."""
+    import cv2
+
+    h, w = patch.shape[:2]
+    rad = np.deg2rad(angle)
+    nw = int(np.ceil(abs(w * np.cos(rad)) + abs(h * np.sin(rad))))
+    nh = int(np.ceil(abs(w * np.sin(rad)) + abs(h * np.cos(rad))))
+    matrix = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), float(angle), 1.0)
+    matrix[0, 2] += nw / 2.0 - w / 2.0
+    matrix[1, 2] += nh / 2.0 - h / 2.0
+    rot = cv2.warpAffine(patch.astype(np.float32), matrix, (nw, nh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    support = cv2.warpAffine(np.ones((h, w), np.float32), matrix, (nw, nh), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=0.0) > 0.5
+    return rot, support
+
+
+def _paste_scar(image: torch.Tensor, patch: torch.Tensor, rng: np.random.Generator,
+                rotation: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = tuple(image.shape[-2:])
+    rot, support = _rotated(patch.permute(1, 2, 0).numpy(), float(rng.uniform(*rotation)))
+    rh, rw = min(support.shape[0], shape[0]), min(support.shape[1], shape[1])
+    rot, support = rot[:rh, :rw], support[:rh, :rw]
+    top, left = _box(shape, (rh, rw), rng)
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[top : top + rh, left : left + rw] = torch.from_numpy(support)
+    out = image.clone()
+    region = out[:, top : top + rh, left : left + rw]
+    sup = torch.from_numpy(support)[None]
+    out[:, top : top + rh, left : left + rw] = torch.where(sup, torch.from_numpy(rot).permute(2, 0, 1).to(image.dtype), region)
+    return out, mask
+
+
+def _scar_size(shape: tuple[int, int], rng: np.random.Generator, width, length) -> tuple[int, int]:
+    w = int(rng.integers(width[0], width[1] + 1))
+    h = int(rng.integers(length[0], length[1] + 1))
+    return min(h, shape[0]), min(w, shape[1])
+
+
+def cutpaste_scar(image: torch.Tensor, generator: Generator, width=(2, 16), length=(10, 25),
+                  rotation=(-45.0, 45.0), jitter: float = 0.1, source: Optional[torch.Tensor] = None,
+                  patch_transform: str = "jitter") -> tuple[torch.Tensor, torch.Tensor]:
+    """CutPaste-Scar: a long thin box (width [2, 16] px, length [10, 25] px, both inclusive)
+    cut from the image, colour-jittered, rotated by U(-45, 45) degrees, pasted elsewhere."""
+    _check_image(image)
+    rng = numpy_rng(generator)
+    src = image if source is None else source
+    size = _scar_size(tuple(src.shape[-2:]), rng, width, length)
+    sy, sx = _box(tuple(src.shape[-2:]), size, rng)
+    patch = _transform_patch(src[:, sy : sy + size[0], sx : sx + size[1]].float(), rng, patch_transform, jitter)
+    return _paste_scar(image, patch, rng, rotation)
+
+
+def scar_cutout(image: torch.Tensor, generator: Generator, width=(2, 16), length=(10, 25),
+                rotation=(-45.0, 45.0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """The "scar" baseline (CutPaste fig. 2d): the same thin rotated box in a random colour."""
+    _check_image(image)
+    rng = numpy_rng(generator)
+    size = _scar_size(tuple(image.shape[-2:]), rng, width, length)
+    colour = torch.from_numpy(rng.random(3).astype(np.float32))
+    patch = colour[:, None, None].expand(3, *size).clone()
+    return _paste_scar(image, patch, rng, rotation)
+
+
+# --------------------------------------------------------------------------------------------
+# NSA-style seamless patches (Poisson blending)
+# --------------------------------------------------------------------------------------------
+def nsa_patch(image: torch.Tensor, generator: Generator, source: Optional[torch.Tensor] = None,
+              width_ratio=(0.1, 0.4), height_ratio=(0.1, 0.4), scale=(0.7, 1.3), mode: str = "normal",
+              min_change: float = 1.0 / 255.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """NSA-style anomaly: a box of ``source`` (another normal image; default the image itself),
+    rescaled by U(scale), Poisson-blended (OpenCV ``seamlessClone``, ``normal`` or ``mixed``
+    gradients) into a random location of the image.
+
+    Box width/height are fractions U(width_ratio)/U(height_ratio) of the image side (NSA draws
+    them per axis). Poisson blending leaves some pixels of the region (nearly) unchanged, so the
+    mask is the pasted region restricted to pixels whose max channel change exceeds
+    ``min_change``, which is how NSA labels its patches too; outside the region the image is
+    untouched (we copy back only the region from OpenCV's output).
+    """
+    import cv2
+
+    _check_image(image)
+    rng = numpy_rng(generator)
+    src = image if source is None else source
+    H, W = image.shape[-2:]
+    ph = max(4, int(round(rng.uniform(*height_ratio) * H)))
+    pw = max(4, int(round(rng.uniform(*width_ratio) * W)))
+    sy, sx = _box(tuple(src.shape[-2:]), (min(ph, src.shape[-2]), min(pw, src.shape[-1])), rng)
+    patch = (src[:, sy : sy + ph, sx : sx + pw].permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+    factor = float(rng.uniform(*scale))
+    nh = int(np.clip(round(patch.shape[0] * factor), 4, H - 2))
+    nw = int(np.clip(round(patch.shape[1] * factor), 4, W - 2))
+    patch = cv2.resize(patch, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    # seamlessClone needs the region strictly inside the destination: 1 px margin
+    top = int(rng.integers(1, H - nh))
+    left = int(rng.integers(1, W - nw))
+    dst = (image.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+    dst = np.ascontiguousarray(dst)
+    src_mask = np.full((nh, nw), 255, np.uint8)
+    center = (left + nw // 2, top + nh // 2)
+    flag = cv2.MIXED_CLONE if mode == "mixed" else cv2.NORMAL_CLONE
+    blended = cv2.seamlessClone(np.ascontiguousarray(patch), dst, src_mask, center, flag)
+    blended_t = torch.from_numpy(blended.astype(np.float32) / 255.0).permute(2, 0, 1).to(image.dtype)
+    region = _box_mask((H, W), top, left, (nh, nw))
+    changed = (blended_t - image).abs().amax(0) > min_change
+    mask = region & changed
+    out = torch.where(mask[None], blended_t, image)
+    return out, mask
+
+
+# --------------------------------------------------------------------------------------------
+# CutPaste training batches
+# --------------------------------------------------------------------------------------------
+class CutPasteSampler:
+    """Turn normal images into CutPaste's self-supervised classification batch.
+
+    mode ``3way`` (paper default): every image appears as normal (label 0), with CutPaste (1)
+    and with CutPaste-Scar (2), so 32 images give the paper's batch of 96. ``binary``: normal vs
+    CutPaste; ``scar``: normal vs CutPaste-Scar; ``union``: normal vs one of the two, chosen
+    with probability 1/2 per image (paper table 5, "binary (union)").
+    """
+
+    MODES = {"3way": 3, "binary": 2, "scar": 2, "union": 2}
+
+    def __init__(self, mode: str = "3way", jitter: float = 0.1, area_ratio=(0.02, 0.15), aspect_ratio=(0.3, 3.3),
+                 scar_width=(2, 16), scar_length=(10, 25), scar_rotation=(-45.0, 45.0)):
+        if mode not in self.MODES:
+            raise ValueError(f"CutPaste mode {mode!r}: expected one of {', '.join(self.MODES)}")
+        self.mode = mode
+        self.jitter = jitter
+        self.area_ratio, self.aspect_ratio = area_ratio, aspect_ratio
+        self.scar_width, self.scar_length, self.scar_rotation = scar_width, scar_length, scar_rotation
+
+    @property
+    def num_classes(self) -> int:
+        return self.MODES[self.mode]
+
+    def patch(self, image: torch.Tensor, rng) -> torch.Tensor:
+        return cutpaste(image, rng, self.area_ratio, self.aspect_ratio, self.jitter)[0]
+
+    def scar(self, image: torch.Tensor, rng) -> torch.Tensor:
+        return cutpaste_scar(image, rng, self.scar_width, self.scar_length, self.scar_rotation, self.jitter)[0]
+
+    def __call__(self, images: torch.Tensor, generator: Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """images [B, 3, H, W] -> (images [B * num_classes, 3, H, W], labels [B * num_classes])."""
+        rng = numpy_rng(generator)
+        imgs = images.detach().float().cpu()
+        groups = [imgs]
+        if self.mode in ("3way", "binary"):
+            groups.append(torch.stack([self.patch(x, rng) for x in imgs]))
+        if self.mode in ("3way", "scar"):
+            groups.append(torch.stack([self.scar(x, rng) for x in imgs]))
+        if self.mode == "union":
+            groups.append(torch.stack([self.patch(x, rng) if rng.random() < 0.5 else self.scar(x, rng) for x in imgs]))
+        labels = torch.cat([torch.full((len(imgs),), k, dtype=torch.long) for k in range(len(groups))])
+        return torch.cat(groups).to(images.device), labels.to(images.device)
