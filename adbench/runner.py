@@ -1,0 +1,290 @@
+"""The runner: turn a command line into a validated job grid, run what is not done, store it.
+
+Everything a user can get wrong is checked before the first job starts, and all problems of
+one kind are reported together: names (methods, dataset, plugins), options (--set keys and
+types, --config, --seed, --protocol, --device), the data root, the categories, and every
+selected category's index (each file opens, masks exist and match their image's size, train
+split not empty). So a typo in the last category never costs the hours spent on the first.
+
+Then each job runs in its own process (``executors.py``); its records are written atomically
+as soon as it finishes (``store.py``). Rerunning the same command skips jobs whose records all
+exist with status ``ok``; failed jobs are retried; ``--rerun`` forces everything.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from adbench.config import load_yaml_config, parse_set_options, resolve_config
+from adbench.errors import ConfigError, DataError, UserError
+from adbench.jobs import PROTOCOLS, Job, parse_list, parse_seeds
+from adbench.store import Store
+
+
+@dataclass
+class RunOptions:
+    method: str = "all"
+    dataset: str = "synthetic"
+    data_root: Optional[str] = None
+    category: Optional[str] = None
+    profile: str = "paper"
+    set_options: list[str] = field(default_factory=list)
+    config_file: Optional[str] = None
+    seed: str = "0"
+    protocol: str = "single"
+    results: str = "results"
+    weights: Optional[str] = None
+    device: str = "auto"
+    plugins: list[str] = field(default_factory=list)
+    rerun: bool = False
+    executor: str = "local"
+    progress: bool = True
+
+
+@dataclass
+class Plan:
+    jobs: list[Job]
+    todo: list[Job]
+    skipped_done: list[Job]
+    notes: list[str]
+    store: Store
+
+
+@dataclass
+class RunSummary:
+    plan: Plan
+    records: list[dict[str, Any]]  # the records of every planned job (run now or earlier)
+    n_ok: int = 0
+    n_failed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.n_failed else 0
+
+
+# --------------------------------------------------------------------------------------------
+# Planning and validation
+# --------------------------------------------------------------------------------------------
+def plan_run(opts: RunOptions) -> Plan:
+    from adbench.registry import DATASETS, METHODS, load_plugins
+
+    load_plugins(list(opts.plugins))
+    METHODS.load()
+    DATASETS.load()
+
+    if opts.protocol not in PROTOCOLS:
+        raise ConfigError(f"--protocol {opts.protocol!r}: expected single or unified")
+    _check_device(opts.device)
+    seeds = parse_seeds(opts.seed)
+    methods = METHODS.resolve_list(opts.method or "all")
+    if not methods:
+        raise ConfigError("--method: no methods registered")
+    dataset_cls = DATASETS.get(opts.dataset)
+
+    notes: list[str] = []
+    if opts.protocol == "unified":
+        able = [m for m in methods if "unified" in getattr(METHODS.get(m), "protocols", ("single",))]
+        unable = [m for m in methods if m not in able]
+        if not able:
+            raise ConfigError(
+                f"--protocol unified: {', '.join(unable)} support only the single protocol "
+                f"(a method lists 'unified' in Detector.protocols to train over several categories)"
+            )
+        if unable:
+            notes.append(f"skipping {', '.join(unable)}: no unified protocol (single only)")
+        methods = able
+
+    configs = resolve_configs(methods, opts)
+
+    adapter = dataset_cls(opts.data_root)
+    categories = adapter.select(parse_list(opts.category))
+    validate_categories(adapter, categories)
+    kinds = {c: adapter.category_info(c).kind for c in categories}
+
+    data_root = str(Path(opts.data_root).expanduser().resolve()) if opts.data_root else None
+    jobs: list[Job] = []
+    for method in methods:
+        config = configs[method]
+        groups = [[c] for c in categories] if opts.protocol == "single" else [list(categories)]
+        for seed in seeds:
+            for cats in groups:
+                jobs.append(Job(
+                    method=method, dataset=opts.dataset, data_root=data_root, categories=cats,
+                    seed=seed, protocol=opts.protocol, profile=opts.profile,
+                    config=_plain(config.to_dict()), config_hash=config.config_hash(),
+                    weights=opts.weights, device=opts.device, progress=opts.progress,
+                    plugins=list(opts.plugins), category_kinds={c: kinds[c] for c in cats},
+                ))
+    store = Store(opts.results)
+    if opts.rerun:
+        todo, done = list(jobs), []
+    else:
+        todo = [j for j in jobs if not store.is_done(j)]
+        done = [j for j in jobs if j not in todo]
+    return Plan(jobs=jobs, todo=todo, skipped_done=done, notes=notes, store=store)
+
+
+def resolve_configs(methods: list[str], opts: RunOptions) -> dict[str, Any]:
+    """Resolve every method's config; unknown keys and bad values are ConfigErrors.
+
+    Flat keys (YAML top level and ``--set``) apply to each selected method that has the field;
+    a flat key no selected method has is an error (a typo must not be ignored). Keys under the
+    YAML's ``methods: {name: ...}`` apply to that method and are strict. With a single method,
+    every key is strict, as ``resolve_config`` does it.
+    """
+    from adbench.registry import METHODS
+
+    sets = parse_set_options(opts.set_options)
+    yaml_data = load_yaml_config(opts.config_file) if opts.config_file else {}
+    per_method_yaml = yaml_data.get("methods") or {}
+    if not isinstance(per_method_yaml, dict):
+        raise ConfigError(f"--config {opts.config_file}: 'methods' must map method names to settings")
+    flat_yaml = {k: v for k, v in yaml_data.items() if k != "methods"}
+
+    field_names = {m: {f.name for f in dataclasses.fields(METHODS.get(m).Config)} for m in methods}
+    every = set().union(*field_names.values())
+    for source, mapping in (("--config " + str(opts.config_file) + ": key", flat_yaml), ("--set", sets)):
+        for key in mapping:
+            if key not in every:
+                close = difflib.get_close_matches(key, sorted(every), n=2)
+                hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+                raise ConfigError(f"{source} {key}: unknown key for {', '.join(methods)}{hint}")
+
+    configs = {}
+    for method in methods:
+        cls = METHODS.get(method)
+        names = field_names[method]
+        overrides = {k: v for k, v in flat_yaml.items() if k in names}
+        own = per_method_yaml.get(method) or {}
+        if not isinstance(own, dict):
+            raise ConfigError(f"--config {opts.config_file}: methods.{method} must be a mapping")
+        overrides.update(own)
+        overrides.update({k: v for k, v in sets.items() if k in names})
+        configs[method] = resolve_config(cls.Config, cls.PROFILES, opts.profile, overrides,
+                                         method=method, strict=True)
+    return configs
+
+
+def validate_categories(adapter, categories: list[str]) -> None:
+    """Index and validate every selected category; one DataError listing every problem."""
+    from adbench.dataset import validate_index
+
+    problems: list[str] = []
+    for category in categories:
+        try:
+            validate_index(adapter.index(category), category=category)
+        except DataError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        head = problems[0] if len(problems) == 1 else f"{len(problems)} data problems"
+        raise DataError(head, problems=problems)
+
+
+def _check_device(device: str) -> None:
+    if device in ("auto", "cpu"):
+        return
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+        return
+    raise ConfigError(f"--device {device!r}: expected auto, cpu or cuda")
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------
+def run(opts: RunOptions, *, log=None) -> RunSummary:
+    """Plan, validate, execute what is not done, and return the records of every planned job."""
+    from adbench.executors import make_executor
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    t0 = time.perf_counter()
+    plan = plan_run(opts)
+    for note in plan.notes:
+        log(f"note: {note}")
+    executor = make_executor(opts.executor)
+    removed = plan.store.clean_stale_tmp()
+    if removed:
+        log(f"note: removed {removed} temporary file(s) left by an interrupted run")
+    if plan.skipped_done:
+        log(f"{len(plan.skipped_done)} of {len(plan.jobs)} job(s) already done in {plan.store.root} "
+            f"(skipped; --rerun forces them)")
+
+    summary = RunSummary(plan=plan, records=[])
+    bar = _grid_bar(len(plan.todo), opts.progress)
+
+    def on_done(job: Job, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            plan.store.write(record)
+        failed = [r for r in records if r.get("status") != "ok"]
+        status = "failed: " + str(failed[0].get("error")) if failed else "ok"
+        line = f"{job.label}: {status}"
+        if failed:
+            summary.n_failed += 1
+            _write_line(bar, "FAILED " + line)
+        else:
+            summary.n_ok += 1
+            if opts.progress:
+                _write_line(bar, line + _short_metrics(records))
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        executor.run(plan.todo, on_done)
+    finally:
+        if bar is not None:
+            bar.close()
+    for job in plan.jobs:
+        for path in plan.store.record_paths(job):
+            from adbench.store import read_record
+
+            record = read_record(path)
+            if record is not None:
+                summary.records.append(record)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _grid_bar(total: int, progress: bool):
+    if not progress or total == 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="jobs", unit="job", file=sys.stderr, dynamic_ncols=True)
+
+
+def _write_line(bar, text: str) -> None:
+    if bar is not None:
+        bar.write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr)
+
+
+def _short_metrics(records: list[dict[str, Any]]) -> str:
+    parts = []
+    for record in records:
+        m = record.get("metrics", {})
+        vals = [f"{k}={m[k]:.3f}" for k in ("image_auroc", "pixel_auroc") if m.get(k) is not None]
+        prefix = f" [{record['category']}]" if len(records) > 1 else ""
+        parts.append(prefix + " " + " ".join(vals) + f" ({record.get('fit_seconds')} s fit)")
+    return "".join(parts)
+
+
+__all__ = ["RunOptions", "Plan", "RunSummary", "plan_run", "run", "resolve_configs",
+           "validate_categories", "UserError"]

@@ -1,0 +1,244 @@
+"""What runs inside a job's own process: build, fit, predict, evaluate, describe.
+
+``execute_job(job)`` is the whole job and returns its records (one per category). It runs in a
+child process (``executors.py``: a multiprocessing *spawn* child, or a Ray worker), so a crash,
+an out-of-memory kill or leaked memory stays with the job, and the peak memory it reports is
+its own. It never writes the store: records go back to the parent, which writes them, so a Ray
+worker on another machine needs no access to the results folder.
+
+Flow: seed Python/NumPy/torch -> index the categories -> ``detector = cls(config, context)``
+-> ``preprocess()`` -> train loader -> ``fit`` (timed) -> per category: test loader ->
+``predict`` per batch under ``torch.no_grad()`` (timed; shapes and finiteness checked) ->
+``StreamingEvaluator`` -> record. A method that needs gradients at test time re-enables them
+with ``torch.enable_grad()``.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from typing import Any, Iterable
+
+import numpy as np
+
+from adbench import environment
+from adbench.errors import UserError
+from adbench.jobs import Job
+from adbench.records import METRIC_KEYS, base_record, failed_records, now
+
+
+class JobError(RuntimeError):
+    """A job-level failure with a clear message (bad prediction shape, NaN scores...)."""
+
+
+def run_job_catching(job_dict: dict[str, Any], sys_path: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """``execute_job`` that turns any exception into failed records (used by every executor)."""
+    for entry in reversed(list(sys_path)):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    job = Job(**job_dict)
+    started = now()
+    try:
+        return execute_job(job, started)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the job failed, the run goes on
+        message = _one_line(exc)
+        return failed_records(job, message, traceback.format_exc(), started=started,
+                              peak_rss_mb=round(environment.peak_rss_mb(), 1))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    if isinstance(exc, UserError) and len(text) > 1:
+        first = "; ".join(text[:5])
+    return f"{type(exc).__name__}: {first}"[:2000]
+
+
+def seed_everything(seed: int, device) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if device.type == "cpu":
+        # warn_only: an op without a deterministic CPU kernel warns instead of failing the job.
+        # The public torch.use_deterministic_algorithms also sets an inductor flag, and importing
+        # torch._inductor costs ~2 CPU-seconds per job; nothing here compiles, so set the ATen
+        # flag directly unless inductor is already loaded (then the public call is free).
+        setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+        if "torch._inductor" in sys.modules or setter is None:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        else:
+            setter(True, warn_only=True)
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
+    import torch
+
+    from adbench.config import resolve_config
+    from adbench.data import make_loader
+    from adbench.detector import RunContext
+    from adbench.metrics import StreamingEvaluator
+    from adbench.registry import DATASETS, METHODS, load_plugins
+
+    started = started or now()
+    load_plugins(job.plugins)
+    METHODS.load()
+    DATASETS.load()
+    method_cls = METHODS.get(job.method)
+    adapter = DATASETS.get(job.dataset)(job.data_root)
+    indexes = {c: adapter.index(c) for c in job.categories}
+
+    device = resolve_device(job.device)
+    seed_everything(job.seed, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    config = resolve_config(method_cls.Config, {"paper": {}}, "paper", job.config, method=job.method)
+    workdir = tempfile.mkdtemp(prefix="adbench-job-")
+    try:
+        context = RunContext(device=device, seed=job.seed, weights=job.weights, profile=job.profile,
+                             progress=job.progress, workdir=workdir)
+        detector = method_cls(config, context)
+        preprocess = detector.preprocess()
+        batch_size = int(getattr(config, "batch_size", 32))
+        eval_batch_size = int(getattr(config, "eval_batch_size", None) or batch_size)
+
+        train = [s for c in job.categories for s in indexes[c].train]
+        train_loader = make_loader(train, preprocess, batch_size=batch_size, train=True, seed=job.seed)
+        t0 = time.perf_counter()
+        detector.fit(train_loader)
+        _sync(device)
+        fit_seconds = time.perf_counter() - t0
+
+        records = []
+        for category in job.categories:
+            record = base_record(job, category, started)
+            record["training_categories"] = list(job.categories)
+            test_loader = make_loader(indexes[category].test, preprocess, batch_size=eval_batch_size, train=False)
+            evaluation = _evaluate(detector, test_loader, device, method_cls, StreamingEvaluator, category)
+            record.update(evaluation)
+            record.update(
+                status="ok",
+                category_kind=adapter.category_info(category).kind,
+                geometry=preprocess.describe(),
+                weights_tag=str(detector.weights_tag()),
+                n_parameters=int(detector.num_parameters()),
+                record_extras=detector.record_extras() or {},
+                fit_seconds=round(fit_seconds, 3),
+                n_train_images=len(train),
+            )
+            records.append(record)
+        peak_rss = round(environment.peak_rss_mb(), 1)
+        peak_cuda = round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None
+        finished = now()
+        for record in records:
+            record.update(peak_rss_mb=peak_rss, peak_cuda_mb=peak_cuda, finished=finished)
+        return records
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _evaluate(detector, loader, device, method_cls, evaluator_cls, category: str) -> dict[str, Any]:
+    import torch
+
+    evaluator = evaluator_cls(fpr_limit=0.3)
+    n_images = 0
+    n_cropped = 0
+    predict_seconds = 0.0
+    t_start = time.perf_counter()
+    for batch in loader:
+        labels = batch.labels.numpy().astype(np.int64)
+        masks = batch.masks.numpy().astype(bool) if batch.masks is not None else None
+        if batch.defect_cropped is not None:
+            n_cropped += int(batch.defect_cropped.sum())
+        batch = batch.to(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            prediction = detector.predict(batch)
+        _sync(device)
+        predict_seconds += time.perf_counter() - t0
+        scores, maps = _check_prediction(prediction, batch, method_cls)
+        evaluator.update(scores=scores, labels=labels, defect_types=list(batch.defect_types),
+                         maps=maps, masks=masks)
+        n_images += len(labels)
+    result = evaluator.compute()
+    test_seconds = time.perf_counter() - t_start
+    result_dict = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+    values = result_dict.get("values", {}) or {}
+    metrics = {k: _finite_or_none(values.get(k)) for k in METRIC_KEYS}
+    for k, v in values.items():  # keep any extra metric the evaluator provides
+        metrics.setdefault(k, _finite_or_none(v))
+    undefined = dict(result_dict.get("undefined", {}) or {})
+    for k in METRIC_KEYS:
+        if metrics[k] is None and k not in undefined:
+            undefined[k] = "not computed"
+    return {
+        "metrics": metrics,
+        "undefined": undefined,
+        "per_defect": result_dict.get("per_defect", {}) or {},
+        "counts": result_dict.get("counts", {}) or {"n_images": n_images},
+        "n_defect_cropped": n_cropped,
+        "test_seconds": round(test_seconds, 3),
+        "predict_seconds": round(predict_seconds, 3),
+        "test_throughput": round(n_images / predict_seconds, 3) if predict_seconds > 0 else None,
+        "test_throughput_end_to_end": round(n_images / test_seconds, 3) if test_seconds > 0 else None,
+    }
+
+
+def _finite_or_none(value) -> float | None:
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) else None
+
+
+def _check_prediction(prediction, batch, method_cls) -> tuple[np.ndarray, np.ndarray | None]:
+    """Scores [B] and maps [B, H, W] of the batch geometry, all finite, or a JobError."""
+    if not hasattr(prediction, "numpy"):
+        raise JobError(f"predict() returned {type(prediction).__name__}, expected Prediction")
+    b = len(batch)
+    h, w = int(batch.images.shape[-2]), int(batch.images.shape[-1])
+    raw_scores = prediction.scores
+    shape = tuple(getattr(raw_scores, "shape", np.shape(raw_scores)))
+    if shape not in ((b,), (b, 1)):
+        raise JobError(f"predict() returned scores of shape {shape}, expected [{b}] for a batch of {b}")
+    scores, maps = prediction.numpy()
+    if not np.all(np.isfinite(scores)):
+        bad = int((~np.isfinite(scores)).sum())
+        raise JobError(f"predict() returned {bad} non-finite (NaN/inf) image scores of {b}")
+    if maps is None:
+        if getattr(method_cls, "produces_maps", False):
+            raise JobError("predict() returned no maps although the method declares produces_maps = True")
+        return scores, None
+    if maps.shape != (b, h, w):
+        raise JobError(f"predict() returned maps of shape {tuple(maps.shape)}, expected [{b}, {h}, {w}] "
+                       f"(the batch's image geometry)")
+    if not np.all(np.isfinite(maps)):
+        raise JobError("predict() returned anomaly maps with non-finite (NaN/inf) values")
+    return scores, maps
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,154 @@
+"""Tiny methods and a tiny dataset for the runner / CLI tests (``--plugin adbench_testkit``).
+
+Nothing here depends on the real methods or datasets, so the harness is tested on its own,
+fast, on images generated into ``tmp_path`` (``make_kit_data``).
+
+``kit_mean`` is a real (if naive) detector: per-pixel squared distance to the mean training
+image. Environment variables make it misbehave on purpose, on one named category, so tests can
+hit failure paths at a deterministic point instead of guessing timings:
+
+* ``ADBENCH_KIT_KILL_ON=<cat>``: fit SIGKILLs its whole process group (a ``kill -9`` of the run)
+* ``ADBENCH_KIT_DIE_ON=<cat>``: fit SIGKILLs only its own process (what the OOM killer does)
+* ``ADBENCH_KIT_FAIL_ON=<cat>``: fit raises
+* ``ADBENCH_KIT_NAN_ON=<cat>``: predict returns NaN scores
+* ``ADBENCH_KIT_BADSHAPE_ON=<cat>``: predict returns maps of the wrong size
+"""
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from adbench.config import MethodConfig
+from adbench.data import Sample
+from adbench.dataset import CategoryIndex, CategoryInfo, DatasetAdapter, list_images
+from adbench.detector import Detector, Prediction
+from adbench.registry import register_dataset, register_method
+
+
+def _triggered(var: str, categories) -> bool:
+    target = os.environ.get(var)
+    return bool(target) and target in set(categories)
+
+
+@dataclass
+class KitConfig(MethodConfig):
+    image_size: int = 32
+    batch_size: int = 4
+    scale: float = 1.0
+    mode: str = "mean"
+
+
+@register_method("kit_mean")
+class KitMean(Detector):
+    """Squared distance to the mean training image; image score = map max."""
+
+    Config = KitConfig
+    PROFILES = {"paper": {}, "quick": {"image_size": 24}}
+    produces_maps = True
+    protocols = ("single", "unified")
+
+    def fit(self, train_loader) -> None:
+        total, n, cats = None, 0, set()
+        for batch in train_loader:
+            assert batch.masks is None
+            cats.update(batch.categories)
+            s = batch.images.sum(0)
+            total = s if total is None else total + s
+            n += len(batch)
+        self.trained_on = sorted(cats)
+        if _triggered("ADBENCH_KIT_KILL_ON", cats):
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+        if _triggered("ADBENCH_KIT_DIE_ON", cats):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if _triggered("ADBENCH_KIT_FAIL_ON", cats):
+            raise RuntimeError("deliberate failure in fit")
+        self.mean = (total / n).to(self.device)
+        self.extra = torch.nn.Linear(3, 2)  # parameters for the record's count: 8
+
+    def predict(self, batch) -> Prediction:
+        maps = ((batch.images - self.mean) ** 2).mean(1) * self.config.scale
+        scores = maps.flatten(1).amax(1)
+        if _triggered("ADBENCH_KIT_NAN_ON", batch.categories):
+            scores = scores * float("nan")
+        if _triggered("ADBENCH_KIT_BADSHAPE_ON", batch.categories):
+            maps = maps[:, ::2, ::2]
+        return Prediction(scores=scores, maps=maps)
+
+    def record_extras(self):
+        return {"trained_on": self.trained_on}
+
+
+@register_method("kit_scoreonly")
+class KitScoreOnly(KitMean):
+    """Same model, image scores only (no maps): pixel metrics must be reported undefined."""
+
+    produces_maps = False
+    protocols = ("single",)
+
+    def predict(self, batch) -> Prediction:
+        return Prediction(scores=super().predict(batch).scores, maps=None)
+
+
+@register_dataset("kitgen")
+class KitGen(DatasetAdapter):
+    """MVTec layout; categories whose name starts with ``tex`` are textures."""
+
+    def categories(self):
+        return sorted(p.name for p in self.root.iterdir() if (p / "train").is_dir())
+
+    def category_info(self, category):
+        return CategoryInfo(category, "texture" if category.startswith("tex") else "object")
+
+    def index(self, category):
+        root = self.root / category
+        train = [Sample(p, 0, category, "train") for p in list_images(root / "train" / "good")]
+        test = []
+        for folder in sorted(p for p in (root / "test").iterdir() if p.is_dir()):
+            for p in list_images(folder):
+                if folder.name == "good":
+                    test.append(Sample(p, 0, category, "test"))
+                else:
+                    mask = root / "ground_truth" / folder.name / f"{p.stem}_mask.png"
+                    test.append(Sample(p, 1, category, "test", folder.name, mask))
+        return CategoryIndex(CategoryInfo(category), train, test)
+
+
+def make_kit_data(root, categories=("tex_a", "obj_b"), n_train=6, n_good=3, n_bad=3, size=32,
+                  seed=0, no_anomalies=()) -> Path:
+    """Write a tiny MVTec-layout set: smooth normal images, anomalies = a bright square."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for ci, cat in enumerate(categories):
+        base = rng.uniform(0.3, 0.6, size=(3,))
+
+        def normal():
+            noise = rng.normal(0, 0.03, size=(size, size, 3))
+            return np.clip(base + noise, 0, 1)
+
+        def save(arr, path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((arr * 255).astype(np.uint8)).save(path)
+
+        for i in range(n_train):
+            save(normal(), root / cat / "train" / "good" / f"{i:03d}.png")
+        for i in range(n_good):
+            save(normal(), root / cat / "test" / "good" / f"{i:03d}.png")
+        if cat in no_anomalies:
+            continue
+        for i in range(n_bad):
+            img = normal()
+            mask = np.zeros((size, size), bool)
+            y, x = rng.integers(2, size - 10, size=2)
+            mask[y : y + 8, x : x + 8] = True
+            img[mask] = 1.0
+            save(img, root / cat / "test" / "square" / f"{i:03d}.png")
+            m = root / cat / "ground_truth" / "square" / f"{i:03d}_mask.png"
+            m.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(m)
+    return root
