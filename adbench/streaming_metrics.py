@@ -204,8 +204,8 @@ class StreamingEvaluator:
         self._has_maps = has_maps
         if has_maps:
             self._has_masks = has_masks
-            self._map_max.append(m.reshape(n, -1).max(axis=1).astype(np.float64) if n else
-                                 np.zeros(0))
+            self._map_max.append(m.reshape(n, -1).max(axis=1).astype(np.float64) if m.size else
+                                 np.zeros(n))
             self._n_pixels += m.size
             if has_masks:
                 self._add_pixels(m, g)
@@ -214,6 +214,8 @@ class StreamingEvaluator:
         self._defect_types.extend(types)
 
     def _add_pixels(self, maps: np.ndarray, masks: np.ndarray) -> None:
+        if maps.size == 0:
+            return
         per_chunk = max(1, _CHUNK_PIXELS // max(1, maps[0].size))
         for start in range(0, maps.shape[0], per_chunk):
             m, g = maps[start:start + per_chunk], masks[start:start + per_chunk]

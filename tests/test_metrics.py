@@ -204,6 +204,9 @@ def test_no_anomalous_test_images_is_undefined_not_an_error():
 def test_method_without_maps_and_empty_evaluator():
     ev = StreamingEvaluator()
     assert ev.compute().undefined["pixel_auroc"] == "test set is empty"
+    ev.update(scores=np.zeros(0), labels=np.zeros(0), maps=np.zeros((0, 4, 4)), masks=np.zeros((0, 4, 4)))
+    assert ev.compute().undefined["image_auroc"] == "test set is empty"
+    ev = StreamingEvaluator()
     ev.update(scores=[0.1, 0.9, 0.4], labels=[0, 1, 0], defect_types=["good", "crack", "good"])
     r = ev.compute()
     assert r.values == {"image_auroc": 1.0, "image_f1_max": 1.0, "image_ap": 1.0}
