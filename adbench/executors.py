@@ -45,8 +45,10 @@ class LocalExecutor:
     def run_one(self, job: Job) -> list[dict[str, Any]]:
         started = now()
         receiver, sender = self.context.Pipe(duplex=False)
+        # The forkserver's environment and sys.path date from its start; a job sees the run's.
         proc = self.context.Process(
-            target=_child_main, args=(job.to_dict(), sender), name=f"adbench-job-{job.method}"
+            target=_child_main, args=(job.to_dict(), sender, dict(os.environ), list(sys.path)),
+            name=f"adbench-job-{job.method}",
         )
         proc.start()
         sender.close()
@@ -74,11 +76,13 @@ class LocalExecutor:
         return records
 
 
-def _child_main(job_dict: dict[str, Any], conn) -> None:
+def _child_main(job_dict: dict[str, Any], conn, environ: dict[str, str], sys_path: list[str]) -> None:
     from adbench.worker import run_job_catching
 
+    os.environ.clear()
+    os.environ.update(environ)
     try:
-        records = run_job_catching(job_dict)
+        records = run_job_catching(job_dict, sys_path)
     except KeyboardInterrupt:
         os._exit(130)
     conn.send(records)
