@@ -1,0 +1,48 @@
+"""kill -9 of a whole run mid-grid, at a deterministic point, then resume.
+
+``kit_mean`` SIGKILLs its own process group from inside ``fit`` on the category named by
+``ADBENCH_KIT_KILL_ON``: the CLI, its job server and the job die at once, exactly when the
+second job of the grid trains (no timing guess). The rerun of the same command must skip the
+finished job, run the rest, and leave exactly one record per job and no temporary file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import adbench_testkit
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_sigkill_mid_grid_then_resume(tmp_path):
+    data = adbench_testkit.make_kit_data(tmp_path / "data", categories=("obj_b", "obj_c", "tex_a"))
+    results = tmp_path / "res"
+    cmd = [sys.executable, str(REPO / "cli.py"), "run", "--plugin", "adbench_testkit", "--method", "kit_mean",
+           "--dataset", "kitgen", "--data-root", str(data), "--results", str(results), "-q"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+
+    killed = subprocess.run(cmd, env={**env, "ADBENCH_KIT_KILL_ON": "obj_c"}, capture_output=True, text=True,
+                            start_new_session=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    files = sorted(p.name for p in results.rglob("*") if p.is_file())
+    assert len(files) == 1 and files[0].startswith("obj_b__single__s0__"), files
+    first = json.loads(next(results.rglob("obj_b__*.json")).read_text())
+    assert first["status"] == "ok"
+
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, start_new_session=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "1 of 3 job(s) already done" in resumed.stderr
+    assert "2 job(s) ok, 0 failed, 1 already done" in resumed.stderr
+    records = [json.loads(p.read_text()) for p in results.rglob("*.json")]
+    assert sorted(r["category"] for r in records) == ["obj_b", "obj_c", "tex_a"]  # exactly one each
+    assert all(r["status"] == "ok" for r in records)
+    again = json.loads(next(results.rglob("obj_b__*.json")).read_text())
+    assert again["finished"] == first["finished"]  # the finished job was not redone
+    assert not [p for p in results.rglob("*") if p.is_file() and not p.name.endswith(".json")]
+    # the final table lists the whole grid, the job finished before the kill included
+    assert "| obj_b" in resumed.stdout and "| tex_a" in resumed.stdout
