@@ -96,17 +96,26 @@ def run_cmd(method, dataset, data_root, category, profile, set_options, config_f
 
 # --------------------------------------------------------------------------------------------
 @main.command("list")
-@click.argument("what", type=click.Choice(["methods", "datasets"]))
+@click.argument("what", type=click.Choice(["methods", "datasets"]), required=False)
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE")
 @click.option("--debug", is_flag=True)
 @_guard
-def list_cmd(what: str, plugins, debug) -> None:
-    """List registered methods or datasets and where each came from."""
-    from tabulate import tabulate
-
-    from adbench.registry import DATASETS, METHODS, load_plugins
+def list_cmd(what: Optional[str], plugins, debug) -> None:
+    """List registered methods or datasets (both by default) and where each came from."""
+    from adbench.registry import load_plugins
 
     load_plugins(list(plugins))
+    for i, kind in enumerate([what] if what else ["methods", "datasets"]):
+        if i:
+            click.echo("")
+        _list_one(kind)
+
+
+def _list_one(what: str) -> None:
+    from tabulate import tabulate
+
+    from adbench.registry import DATASETS, METHODS
+
     registry = METHODS if what == "methods" else DATASETS
     registry.load()
     rows = []
@@ -127,7 +136,7 @@ def list_cmd(what: str, plugins, debug) -> None:
                else ["dataset", "origin", "needs --data-root", "categories"])
     click.echo(tabulate(rows, headers=headers, tablefmt="simple"))
     if registry.import_errors:
-        click.echo("\nfailed to import:")
+        click.echo(f"\n{what[:-1]} modules that failed to import:")
         for module, error in sorted(registry.import_errors.items()):
             click.echo(f"  {module}: {error}")
 
@@ -137,7 +146,8 @@ def list_cmd(what: str, plugins, debug) -> None:
 @click.option("--results", default="results", show_default=True, help="Results folder (records).")
 @click.option("--dataset", "-d", default=None, help="Only this dataset.")
 @click.option("--metric", default="image_auroc,pixel_auroc", show_default=True, help="Comma list of metrics.")
-@click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex", "html"]), default="md", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex", "html"]), default=None,
+              help="Output format [default: md; csv with --long].")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write to a file.")
 @click.option("--long", "long_", is_flag=True, help="One row per (method, dataset, category, metric, value).")
 @click.option("--debug", is_flag=True)
@@ -164,9 +174,9 @@ def table_cmd(results, dataset, metric, fmt, out: Optional[str], long_, debug) -
     if unknown:
         raise ConfigError(f"--metric {', '.join(unknown)}: not in the records (known: {', '.join(sorted(known))})")
     if long_:
-        text = render_long(records, metrics, fmt=fmt)
+        text = render_long(records, metrics, fmt=fmt or "csv")
     else:
-        text = render(build_tables(records, metrics), fmt)
+        text = render(build_tables(records, metrics), fmt or "md")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text)

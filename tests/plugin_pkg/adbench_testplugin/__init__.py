@@ -1,0 +1,1 @@
+"""adbench test plugin: registered only through entry points (no decorator, no --plugin)."""

@@ -1,0 +1,106 @@
+"""The ``adbench`` command line: run (real subprocess), table (all formats), list, the cli.py shim."""
+from __future__ import annotations
+
+import io
+import json
+import re
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import adbench_testkit
+from adbench.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    """One real `adbench run`: 2 methods x 2 categories, one category without anomalies, one
+    job failing on purpose (exit code 1, the others still run and are stored)."""
+    tmp = tmp_path_factory.mktemp("cli")
+    data = adbench_testkit.make_kit_data(tmp / "data", categories=("obj_b", "tex_good"), no_anomalies=("tex_good",))
+    results = tmp / "res"
+    script = Path(sys.executable).parent / "adbench"
+    cmd = [str(script) if script.exists() else sys.executable, *([] if script.exists() else [str(REPO / "cli.py")]),
+           "run", "--plugin", "adbench_testkit", "--method", "kit_mean,kit_scoreonly", "--dataset", "kitgen",
+           "--data-root", str(data), "--profile", "quick", "--seed", "3", "--results", str(results), "-q",
+           "--metric", "image_auroc,pixel_auroc,aupro"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "ADBENCH_KIT_FAIL_ON": "tex_good"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    return out, results
+
+
+def test_run_prints_table_and_stores_records(ran):
+    out, results = ran
+    assert out.returncode == 1, out.stderr  # the deliberate failures
+    assert "FAILED kit_mean/kitgen/tex_good/s3: failed: RuntimeError: deliberate failure in fit" in out.stderr
+    assert "2 job(s) ok, 2 failed, 0 already done" in out.stderr
+    assert "### kitgen: image_auroc" in out.stdout and "### kitgen: aupro" in out.stdout
+    assert re.search(r"\| tex_good\s+\| failed\s+\| failed", out.stdout), out.stdout
+    assert "profile: quick" in out.stdout
+    records = [json.loads(p.read_text()) for p in results.rglob("*.json")]
+    assert len(records) == 4
+    ok = [r for r in records if r["status"] == "ok"]
+    assert {r["method"] for r in ok} == {"kit_mean", "kit_scoreonly"}
+    assert all(r["geometry"] == "resize24" and r["seed"] == 3 and r["profile"] == "quick" for r in ok)
+
+
+def test_table_command_formats(ran, tmp_path):
+    _, results = ran
+    runner = CliRunner()
+    md = runner.invoke(main, ["table", "--results", str(results)])
+    assert md.exit_code == 0, md.output
+    assert "### kitgen: image_auroc" in md.stdout and "| obj_b" in md.stdout
+    assert "### kitgen: pixel_auroc" in md.stdout and "method produces no anomaly maps" in md.stdout
+    csv = runner.invoke(main, ["table", "--results", str(results), "--format", "csv", "--metric", "image_auroc"])
+    frame = pd.read_csv(io.StringIO(csv.stdout), comment="#", index_col=0)
+    assert list(frame.columns) == ["kit_mean", "kit_scoreonly"] and float(frame.loc["obj_b", "kit_mean"]) == 1.0
+    out = tmp_path / "t.tex"
+    latex = runner.invoke(main, ["table", "--results", str(results), "--format", "latex", "--out", str(out)])
+    assert latex.exit_code == 0 and "\\toprule" in out.read_text()
+    html = runner.invoke(main, ["table", "--results", str(results), "--format", "html", "--dataset", "kitgen"])
+    assert "<table" in html.stdout
+    long = runner.invoke(main, ["table", "--results", str(results), "--long", "--metric", "image_auroc"])
+    rows = pd.read_csv(io.StringIO(long.stdout))
+    assert len(rows) == 4 and set(rows["metric"]) == {"image_auroc"}
+    bad = runner.invoke(main, ["table", "--results", str(results), "--metric", "image_aroc"])
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: --metric image_aroc: not in the records")
+    missing = runner.invoke(main, ["table", "--results", str(tmp_path / "none")])
+    assert missing.exit_code == 2 and "folder not found" in missing.stderr
+    empty = runner.invoke(main, ["table", "--results", str(results), "--dataset", "mvtec"])
+    assert empty.exit_code == 2 and "no records for dataset 'mvtec'" in empty.stderr
+
+
+def test_list_shows_origin_and_capabilities():
+    result = CliRunner().invoke(main, ["list", "methods", "--plugin", "adbench_testkit"])
+    assert result.exit_code == 0, result.output
+    line = next(l for l in result.stdout.splitlines() if l.startswith("kit_scoreonly"))
+    assert "adbench_testkit" in line and "single" in line and " no " in line  # module or plugin origin
+    line = next(l for l in result.stdout.splitlines() if l.startswith("kit_mean"))
+    assert "single,unified" in line and "yes" in line
+
+
+def test_cli_py_works_from_a_bare_checkout():
+    """Without the editable install's import hook, cli.py maps methods/ and datasets/ itself."""
+    code = (
+        "import sys, runpy\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in repr(f)]\n"
+        f"runpy.run_path({str(REPO / 'cli.py')!r}, run_name='shim')\n"
+        "import adbench, adbench.methods, adbench.datasets\n"
+        "print(adbench.__file__); print(adbench.methods.__path__[0]); print(adbench.datasets.__path__[0])\n"
+        "from adbench.cli import main\n"
+        "main(['list', 'datasets'], standalone_mode=False)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd="/", env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == str(REPO / "adbench" / "__init__.py")
+    assert lines[1] == str(REPO / "methods") and lines[2] == str(REPO / "datasets")
+    assert "dataset" in lines[3] and "origin" in lines[3]
