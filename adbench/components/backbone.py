@@ -15,7 +15,8 @@ stride 8 = ResNet ``layer2``; 3: stride 16 = ``layer3``; 4: stride 32), so a met
 Weights, first match wins:
 1. ``weights=PATH``: that file;
 2. ``$ADBENCH_WEIGHTS_DIR/<timm name>.pth``;
-3. timm's own download (needs the internet);
+3. timm's own download (needs the internet; skipped within seconds when huggingface.co does
+   not answer or ``HF_HUB_OFFLINE=1``, instead of huggingface_hub's ~80 s of retries);
 4. ``weights="random"``: random init, only when asked, or as a *warned* fallback when the
    caller allows it (``quick`` profiles). ``paper`` profiles never fall back silently.
 Files load with ``torch.load(weights_only=True)``; missing keys are an error (unexpected keys,
@@ -89,6 +90,20 @@ def load_weights_into(model: nn.Module, path: Path, model_name: str) -> None:
             f"{path}: weights do not fit {model_name}: {len(missing)} missing keys "
             f"(first: {missing[0]})"
         )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Quick check that timm's download source answers, so offline runs fail in seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return False
+    import socket
+
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        with socket.create_connection((host.split(":")[0], 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 class Backbone(nn.Module):
@@ -187,6 +202,9 @@ class Backbone(nn.Module):
             ) from None
 
     def _load_timm_download(self) -> str:
+        if not _hub_reachable():
+            # Without this check huggingface_hub retries for ~80 s before giving up offline.
+            raise WeightsError("huggingface.co is unreachable (offline, or HF_HUB_OFFLINE=1)")
         timm = _timm()
         full = timm.create_model(self.model_name, pretrained=True)
         state = full.state_dict()

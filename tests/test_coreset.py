@@ -1,0 +1,111 @@
+"""Coreset sampler, faiss wrapper and float16 embedding store."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from adbench.components.coreset import (
+    TwoLevelCoreset,
+    approximate_greedy_coreset,
+    coreset_size,
+    coverage_radius,
+    exact_greedy_kcenter,
+    greedy_coreset,
+    two_level_coreset,
+)
+from adbench.components.knn import NearestNeighbours
+from adbench.components.memory_bank import EmbeddingStore
+
+
+def clustered(n=6000, d=64, clusters=60, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(clusters, d, generator=gen) * 3
+    scale = torch.rand(clusters, 1, generator=gen) + 0.2
+    which = torch.randint(0, clusters, (n,), generator=gen)
+    return centres[which] + torch.randn(n, d, generator=gen) * scale[which]
+
+
+def flat_greedy(z, k, first=0):
+    """The textbook loop the lazy sampler must reproduce."""
+    mind = torch.full((z.shape[0],), float("inf"))
+    out, idx = [], first
+    for _ in range(k):
+        out.append(idx)
+        mind = torch.minimum(mind, ((z - z[idx]) ** 2).sum(1))
+        idx = int(mind.argmax())
+    return out
+
+
+def test_lazy_blocks_pick_exactly_the_flat_greedy_centres():
+    z = clustered(3000, 16)
+    start = (z - z[0]).norm(dim=1)  # the flat loop's state after taking row 0
+    reference = flat_greedy(z, 200)[1:]
+    for block in (64, 1000, 4096):
+        assert greedy_coreset(z, 199, start=start, block_size=block).tolist() == reference
+
+
+def test_coreset_size_and_validation():
+    assert coreset_size(1000, 0.1) == 100
+    assert coreset_size(1001, 0.01) == 11
+    assert coreset_size(5, 0.01) == 1
+    with pytest.raises(ValueError):
+        coreset_size(10, 0.0)
+
+
+def test_approximate_coreset_is_deterministic_and_covers_like_exact():
+    x = clustered()
+    k = 300
+    a = approximate_greedy_coreset(x, k, proj_dim=32, seed=3)
+    b = approximate_greedy_coreset(x, k, proj_dim=32, seed=3)
+    assert torch.equal(a, b) and len(set(a.tolist())) == k
+    exact = exact_greedy_kcenter(x, k)
+    r_ours, _ = coverage_radius(x, a)
+    r_exact, _ = coverage_radius(x, exact)
+    r_random, _ = coverage_radius(x, torch.randperm(len(x))[:k])
+    assert r_ours <= 1.25 * r_exact, (r_ours, r_exact)
+    assert r_ours < r_random, (r_ours, r_random)
+
+
+def test_two_level_covers_every_chunk_and_stays_close_to_flat():
+    x = clustered(8000, 64).half().numpy()  # float16 in, as from the memmap
+    ratio = 0.05
+    picks = two_level_coreset(x, ratio, chunk_size=1500, proj_dim=32, seed=0)
+    assert len(picks) == coreset_size(len(x), ratio) == len(set(picks.tolist()))
+    assert int(picks.max()) < len(x) and int(picks.min()) >= 0
+    flat = approximate_greedy_coreset(x, len(picks), proj_dim=32, seed=0)
+    r_two, _ = coverage_radius(x, picks)
+    r_flat, _ = coverage_radius(x, flat)
+    assert r_two <= 1.3 * r_flat, (r_two, r_flat)
+    with pytest.raises(ValueError):
+        TwoLevelCoreset(8, 0.1).finish()
+
+
+def test_knn_matches_brute_force_in_chunks():
+    gen = torch.Generator().manual_seed(0)
+    bank, queries = torch.randn(500, 24, generator=gen), torch.randn(301, 24, generator=gen)
+    nn = NearestNeighbours(bank, chunk=64)
+    dist, idx = nn.search(queries, k=3)
+    ref = torch.cdist(queries, bank)
+    ref_d, ref_i = ref.topk(3, largest=False)
+    assert torch.equal(idx, ref_i)
+    assert torch.allclose(dist, ref_d, atol=1e-4)
+    with pytest.raises(ValueError):
+        NearestNeighbours(torch.empty(0, 4))
+
+
+def test_embedding_store_spills_float16_and_cleans_up(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    parts = [torch.randn(100, 8, generator=gen) for _ in range(5)]
+    store = EmbeddingStore(8, workdir=str(tmp_path), spill_bytes=3000)
+    for p in parts:
+        store.append(p)
+    arr = store.array()
+    assert store.spilled and isinstance(arr, np.memmap) and arr.shape == (500, 8)
+    assert np.array_equal(arr, torch.cat(parts).half().numpy())
+    path = store.path
+    store.close()
+    assert not path.exists()
+    small = EmbeddingStore(8, spill_bytes=10**9)
+    small.append(parts[0])
+    assert not small.spilled and small.array().dtype == np.float16
