@@ -213,7 +213,7 @@ class ReverseDistillation(Detector):
         # cores (see the closing notes of issue 6 for the measured times)
         "quick": {
             "backbone": "tf_efficientnet_lite0",
-            "epochs": 15,
+            "epochs": 20,
             "oce_blocks": 1,
             "decoder_blocks": (1, 1, 1),
             "cache_features": True,

@@ -15,6 +15,16 @@ from adbench.registry import METHODS
 SIZE = 64
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tensors are tiny (64 px): a second thread buys nothing, and on a shared CPU the
+    OpenMP barriers of two threads cost 5-10x wall time (measured). Restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _rd():
     return METHODS.get("reverse_distillation")
 

@@ -1,0 +1,205 @@
+"""FastFlow (Yu et al., "FastFlow: Unsupervised Anomaly Detection and Localization via 2D
+Normalizing Flows", 2021).
+
+Method, as in the paper's Section 3 and MIAD appendix A.2.3:
+
+1. Feature extractor: a frozen ImageNet CNN; for ResNet-type backbones the last layer of each
+   of the first three blocks (strides 4, 8, 16; ``layers=(1, 2, 3)`` of the shared Backbone),
+   each followed by a layer norm over (C, H, W). The norm is trainable, as in the reference
+   re-implementation and Anomalib (``nn.LayerNorm([C, H, W], elementwise_affine=True)``).
+2. One 2D normalising flow per scale, keeping the map's shape (C, H, W): 8 flow steps, each an
+   affine coupling block whose scale/shift subnet is conv-ReLU-conv with the same hidden width
+   as its input (hidden ratio 1.0); kernels alternate 3x3 (even steps) and 1x1 (odd steps),
+   the paper's trick to be fast while keeping local and global context. ``conv3x3_only`` keeps
+   3x3 everywhere (Anomalib's setting for ResNet-18). The coupling is FrEIA's
+   ``AllInOneBlock``, which the paper's reference code also uses: affine coupling with soft
+   clamping ``s = 2 * tanh(.)`` (``affine_clamping=2.0``), a global affine (ActNorm-like)
+   scaling and a fixed random channel permutation after each step.
+3. Training: maximum likelihood of z under N(0, I): per scale, loss = mean over the batch of
+   0.5 * sum(z^2) - log|det J|, summed over scales. Adam lr 1e-3, weight decay 1e-5, batch 32,
+   500 epochs, 256x256, no augmentation (MIAD appendix A.2.3; no early stopping, no test-set
+   model selection: the model after the last epoch is the one evaluated).
+4. Scoring: per scale, probability map p = exp(-0.5 * mean over channels of z^2), bilinearly
+   upsampled to the input size; anomaly map = -mean over scales of p ("we average the outputs
+   of each heatmap", MIAD A.2.3); image score = max of the map (Anomalib's and the reference
+   re-implementation's rule).
+
+Paper profile: wide_resnet50_2; the lighter ResNet-18 option is ``--set backbone=resnet18``
+(with ``conv3x3_only=true`` to match Anomalib's ResNet-18 setting).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from adbench.components.backbone import Backbone
+from adbench.components.feature_cache import FeatureCache
+from adbench.config import MethodConfig
+from adbench.data import Batch
+from adbench.detector import Detector, Prediction
+from adbench.registry import register_method
+
+
+@dataclass
+class FastFlowConfig(MethodConfig):
+    backbone: str = "wide_resnet50_2"
+    layers: tuple[int, ...] = (1, 2, 3)
+    flow_steps: int = 8
+    hidden_ratio: float = 1.0
+    clamp: float = 2.0
+    conv3x3_only: bool = False
+    epochs: int = 500
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    # compute the frozen backbone's training features once (adbench.components.feature_cache);
+    # same training (no augmentation), far less CPU; off in the paper profile to bound RAM
+    cache_features: bool = False
+
+
+class _Subnet(nn.Module):
+    """Coupling subnet: conv(k) -> ReLU -> conv(k), 'same' padding (predicts scale and shift)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, hidden_ratio: float):
+        super().__init__()
+        hidden = max(int(cin * hidden_ratio), 1)
+        self.net = nn.Sequential(
+            nn.Conv2d(cin, hidden, kernel, padding=kernel // 2),
+            nn.ReLU(),
+            nn.Conv2d(hidden, cout, kernel, padding=kernel // 2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def build_flow(
+    shape: Sequence[int], steps: int, *, hidden_ratio: float = 1.0, clamp: float = 2.0, conv3x3_only: bool = False
+):
+    """A FrEIA ``SequenceINN`` over [C, H, W]: ``steps`` AllInOneBlocks with alternating 3x3/1x1
+    subnets. ``flow(x)`` returns ``(z, log_jac_det [B])``; ``flow(z, rev=True)`` inverts."""
+    import FrEIA.framework as Ff
+    import FrEIA.modules as Fm
+
+    flow = Ff.SequenceINN(*shape)
+    for i in range(steps):
+        kernel = 1 if (i % 2 == 1 and not conv3x3_only) else 3
+
+        def subnet(cin: int, cout: int, kernel: int = kernel) -> nn.Module:
+            return _Subnet(cin, cout, kernel, hidden_ratio)
+
+        flow.append(Fm.AllInOneBlock, subnet_constructor=subnet, affine_clamping=clamp, permute_soft=False)
+    return flow
+
+
+def flow_nll(zs: Sequence[torch.Tensor], log_jacs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Negative log-likelihood (up to constants) summed over scales, averaged over the batch."""
+    loss = zs[0].new_zeros(())
+    for z, log_jac in zip(zs, log_jacs):
+        loss = loss + torch.mean(0.5 * torch.sum(z**2, dim=(1, 2, 3)) - log_jac)
+    return loss
+
+
+def anomaly_map(zs: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """-mean over scales of upsampled exp(-0.5 * mean_c z^2): [B, H, W]."""
+    maps = []
+    for z in zs:
+        prob = torch.exp(-0.5 * torch.mean(z**2, dim=1, keepdim=True))
+        maps.append(F.interpolate(-prob, size=size, mode="bilinear", align_corners=False))
+    return torch.stack(maps, dim=0).mean(dim=0).squeeze(1)
+
+
+@register_method("fastflow")
+class FastFlow(Detector):
+    """Per-scale 2D normalising flows on frozen CNN features (see module docstring)."""
+
+    Config = FastFlowConfig
+    PROFILES = {
+        "paper": {},
+        # lite0 features, few epochs: bottle ~10 min, magnetic_tile ~20 min on 2 cores (the
+        # measured times are in the closing notes of issue 6)
+        "quick": {"backbone": "tf_efficientnet_lite0", "epochs": 10, "cache_features": True},
+    }
+    produces_maps = True
+    protocols = ("single",)
+
+    def __init__(self, config: FastFlowConfig, context=None):
+        super().__init__(config, context)
+        cfg = self.config
+        self.backbone = Backbone(
+            cfg.backbone,
+            layers=cfg.layers,
+            weights=self.context.weights,
+            allow_random_fallback=(self.context.profile != "paper"),
+        ).to(self.device)
+        size = self.preprocess().output_size
+        with torch.no_grad():
+            shapes = [tuple(f.shape[1:]) for f in self.backbone(torch.zeros(1, 3, size, size, device=self.device))]
+        self.norms = nn.ModuleList([nn.LayerNorm(list(s), elementwise_affine=True) for s in shapes]).to(self.device)
+        self.flows = nn.ModuleList(
+            [
+                build_flow(s, cfg.flow_steps, hidden_ratio=cfg.hidden_ratio, clamp=cfg.clamp, conv3x3_only=cfg.conv3x3_only)
+                for s in shapes
+            ]
+        ).to(self.device)
+        self.loss_history: list[float] = []
+
+    def _flow(self, feats: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        zs, jacs = [], []
+        for f, norm, flow in zip(feats, self.norms, self.flows):
+            z, log_jac = flow(norm(f))
+            zs.append(z)
+            jacs.append(log_jac)
+        return zs, jacs
+
+    def _epoch_batches(self, train_loader: Iterable[Batch]):
+        """A callable yielding one epoch of backbone feature batches (cached or recomputed)."""
+        if not self.config.cache_features:
+            return lambda: (self.backbone(b.images.to(self.device)) for b in train_loader)
+        cache = FeatureCache.build(self.backbone, train_loader, self.device)
+        generator = torch.Generator().manual_seed(int(self.context.seed))
+        return lambda: cache.batches(self.config.batch_size, generator, self.device)
+
+    def fit(self, train_loader: Iterable[Batch]) -> None:
+        cfg = self.config
+        params = list(self.norms.parameters()) + list(self.flows.parameters())
+        optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.backbone.eval()
+        self.norms.train()
+        self.flows.train()
+        epochs = self._epoch_batches(train_loader)
+        bar = tqdm(range(cfg.epochs), desc="fastflow", disable=not self.context.progress)
+        for _ in bar:
+            total, count = 0.0, 0
+            for feats in epochs():
+                loss = flow_nll(*self._flow(feats))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(feats[0])
+                count += len(feats[0])
+            self.loss_history.append(total / max(count, 1))
+            bar.set_postfix(loss=f"{self.loss_history[-1]:.1f}")
+        self.norms.eval()
+        self.flows.eval()
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> Prediction:
+        images = batch.images.to(self.device)
+        zs, _ = self._flow(self.backbone(images))
+        maps = anomaly_map(zs, tuple(images.shape[-2:]))
+        return Prediction(scores=maps.flatten(1).max(dim=1).values, maps=maps)
+
+    def weights_tag(self) -> str:
+        return self.backbone.weights_tag
+
+    def record_extras(self) -> dict:
+        trainable = sum(p.numel() for m in (self.norms, self.flows) for p in m.parameters() if p.requires_grad)
+        extras = {"feature_channels": list(self.backbone.channels), "trainable_parameters": trainable}
+        if self.loss_history:
+            extras.update(loss_first_epoch=self.loss_history[0], loss_last_epoch=self.loss_history[-1])
+        return extras

@@ -1,0 +1,136 @@
+"""FastFlow: the 2D flow is invertible with an exact log-determinant, the map follows the
+paper's rule, and with real lite0 features it separates a generated category."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from adbench.config import resolve_config
+from adbench.data import Batch
+from adbench.detector import RunContext
+from adbench.registry import METHODS
+
+SIZE = 64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tensors are tiny (64 px): a second thread buys nothing, and on a shared CPU the
+    OpenMP barriers of two threads cost 5-10x wall time (measured). Restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _ff():
+    return METHODS.get("fastflow")
+
+
+def make_category(n_train: int = 32, n_good: int = 10, n_bad: int = 10, seed: int = 0):
+    """Striped texture with random phase, gain and noise; defects are a coloured blob."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+
+    def normal():
+        phase = rng.uniform(0, 2 * np.pi)
+        stripes = 0.5 + 0.25 * np.sin(2 * np.pi * xx / 8.0 + phase)
+        img = np.stack([stripes * c for c in (0.9, 0.8, 0.6)], 0) * rng.uniform(0.85, 1.15)
+        return img + rng.normal(0, 0.03, img.shape)
+
+    def defective():
+        img = normal()
+        cy, cx = rng.uniform(14, SIZE - 14, size=2)
+        blob = np.hypot(yy - cy, xx - cx) < rng.uniform(6, 9)
+        img[:, blob] = np.array([0.15, 0.35, 0.8])[:, None] + rng.normal(0, 0.03, (3, int(blob.sum())))
+        return img
+
+    to_t = lambda arr: torch.from_numpy(np.clip(np.stack(arr), 0, 1).astype(np.float32))
+    train = to_t([normal() for _ in range(n_train)])
+    test = to_t([normal() for _ in range(n_good)] + [defective() for _ in range(n_bad)])
+    labels = np.array([0] * n_good + [1] * n_bad)
+    return [_batch(train[i : i + 16]) for i in range(0, n_train, 16)], test, labels
+
+
+def _batch(images: torch.Tensor) -> Batch:
+    n = len(images)
+    return Batch(images, torch.zeros(n, dtype=torch.long), [""] * n, ["gen"] * n, ["good"] * n)
+
+
+def test_paper_profile_matches_the_sources():
+    cls = _ff()
+    cfg = resolve_config(cls.Config, cls.PROFILES, "paper")
+    assert (cfg.backbone, tuple(cfg.layers), cfg.image_size, cfg.crop_size) == ("wide_resnet50_2", (1, 2, 3), 256, None)
+    assert (cfg.flow_steps, cfg.hidden_ratio, cfg.clamp, cfg.conv3x3_only) == (8, 1.0, 2.0, False)
+    assert (cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.epochs, cfg.cache_features) == (1e-3, 1e-5, 32, 500, False)
+    assert resolve_config(cls.Config, cls.PROFILES, "quick").backbone == "tf_efficientnet_lite0"
+
+
+def _random_flow(shape, steps=4):
+    from adbench.methods.fastflow import build_flow
+
+    torch.manual_seed(0)
+    np.random.seed(0)  # FrEIA draws its channel permutations from NumPy
+    flow = build_flow(shape, steps).double()
+    with torch.no_grad():  # move away from the near-identity initialisation
+        for p in flow.parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn_like(p))
+    return flow
+
+
+def test_flow_alternates_3x3_and_1x1_subnets():
+    flow = _random_flow((4, 5, 5), steps=8)
+    kernels = [m.subnet.net[0].kernel_size[0] for m in flow.module_list]
+    assert kernels == [3, 1, 3, 1, 3, 1, 3, 1]
+
+
+def test_flow_is_invertible_and_its_log_det_matches_autograd():
+    shape = (4, 3, 3)
+    flow = _random_flow(shape)
+    x = torch.randn(2, *shape, dtype=torch.float64)
+    with torch.no_grad():
+        z, log_jac = flow(x)
+        x_back, inv_log_jac = flow(z, rev=True)
+    assert torch.allclose(x_back, x, atol=1e-9)
+    assert torch.allclose(inv_log_jac, -log_jac, atol=1e-9)
+    for i in range(len(x)):
+        jac = torch.autograd.functional.jacobian(lambda v: flow(v.view(1, *shape))[0].flatten(), x[i].flatten())
+        sign, logabsdet = torch.linalg.slogdet(jac)
+        assert float(sign) != 0.0
+        assert float(logabsdet) == pytest.approx(float(log_jac[i]), abs=1e-8)
+
+
+def test_map_and_loss_follow_the_paper():
+    from adbench.methods.fastflow import anomaly_map, flow_nll
+
+    zero = [torch.zeros(2, 3, 4, 4), torch.zeros(2, 5, 2, 2)]
+    m = anomaly_map(zero, (16, 16))
+    assert m.shape == (2, 16, 16) and torch.allclose(m, torch.full_like(m, -1.0))
+    z = [t.clone() for t in zero]
+    z[0][0, :, 1, 1] = 3.0  # a far-out latent at one position of one image
+    m = anomaly_map(z, (16, 16))
+    assert float(m[0].max()) > float(m[1].max()) and float(m[0, 4:8, 4:8].mean()) > float(m[0, 12:, 12:].mean())
+    log_jac = [torch.tensor([1.0, 2.0]), torch.tensor([0.5, 0.5])]
+    expected = (0.5 * 27.0 - 1.0 + 0.0 - 2.0) / 2 + (-0.5)
+    assert float(flow_nll(z, log_jac)) == pytest.approx(expected)
+
+
+def test_separates_a_generated_category_with_pretrained_features(shared_weights):
+    batches, test, labels = make_category()
+    cls = _ff()
+    torch.manual_seed(0)
+    np.random.seed(0)
+    cfg = resolve_config(cls.Config, cls.PROFILES, "quick", {"image_size": SIZE, "batch_size": 16, "epochs": 5})
+    det = cls(cfg, RunContext(profile="quick", seed=0))
+    assert det.weights_tag().startswith("imagenet:")
+    det.fit(batches)
+    assert det.loss_history[-1] < det.loss_history[0]
+    pred = det.predict(_batch(test))
+    assert pred.maps.shape == (len(test), SIZE, SIZE)
+    scores, _ = pred.numpy()
+    auroc = roc_auc_score(labels, scores)
+    print(f"FastFlow generated-category image AUROC {auroc:.3f}, loss {det.loss_history[0]:.1f} -> {det.loss_history[-1]:.1f}")
+    assert auroc >= 0.8, auroc
