@@ -24,15 +24,16 @@ import torch
 def ledoit_wolf_shrinkage(xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Shrinkage and mu (mean eigenvalue) for centred data ``xc`` [L, n, p], float64.
 
-    Same algebra as sklearn's ``ledoit_wolf_shrinkage`` (assume_centered data), rewritten with
-    n x n Gram matrices so no p x p matrix is formed.
+    Same algebra as sklearn's ``ledoit_wolf_shrinkage`` (assume_centered data), with the
+    smaller of the n x n and p x p Gram matrices.
     """
     _, n, p = xc.shape
     x2 = xc * xc
     emp_trace = x2.sum(dim=(1, 2)) / n  # trace of the empirical covariance
     mu = emp_trace / p
-    gram = xc @ xc.transpose(1, 2)  # [L, n, n]
-    delta_ = (gram * gram).sum(dim=(1, 2)) / (n * n)  # ||X^T X||_F^2 / n^2
+    # ||X^T X||_F^2 = ||X X^T||_F^2: use the smaller of the two Gram matrices
+    gram = xc @ xc.transpose(1, 2) if n <= p else xc.transpose(1, 2) @ xc
+    delta_ = (gram * gram).sum(dim=(1, 2)) / (n * n)
     beta_ = (x2.sum(dim=2) ** 2).sum(dim=1)  # sum_k |x_k|^4
     beta = (beta_ / n - delta_) / (p * n)
     delta = (delta_ - 2.0 * mu * emp_trace + p * mu * mu) / p
@@ -52,13 +53,25 @@ class GaussianDensity:
         self.mean: Optional[torch.Tensor] = None
         self.low_rank = False
 
-    def fit(self, x: torch.Tensor) -> "GaussianDensity":
+    def fit(self, x: torch.Tensor, chunk_bytes: int = 256 * 2**20) -> "GaussianDensity":
+        """Fit on [n, d] or [L, n, d] embeddings; locations are processed in chunks so the
+        float64 work arrays stay under ``chunk_bytes``."""
         batched = x.dim() == 3
-        x = (x if batched else x[None]).double()
+        x = x if batched else x[None]
         n, d = x.shape[1], x.shape[2]
         if n < 2:
             raise ValueError("GDE needs at least 2 training embeddings")
-        self.batched = batched
+        step = max(1, int(chunk_bytes // (8 * n * max(n, d))))
+        parts = [GaussianDensity()._fit_dense(x[i : i + step]) for i in range(0, x.shape[0], step)]
+        self.low_rank = parts[0].low_rank
+        names = ["mean", "shrinkage"] + (["data", "k_inv", "a"] if self.low_rank else ["precision"])
+        for name in names:
+            setattr(self, name, torch.cat([getattr(p, name) for p in parts]))
+        return self
+
+    def _fit_dense(self, x: torch.Tensor) -> "GaussianDensity":
+        x = x.double()
+        n, d = x.shape[1], x.shape[2]
         mean = x.mean(dim=1, keepdim=True)
         xc = x - mean
         shrink, mu = ledoit_wolf_shrinkage(xc)
