@@ -101,11 +101,23 @@ def _gpu_name() -> Optional[str]:
     return None
 
 
+def rss_mb() -> float | None:
+    """Current resident memory of this process in MiB (None where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process in MiB.
 
-    ``VmHWM`` from /proc is reset by exec, so a freshly spawned job process reports its own
-    peak, not that of the parent it was forked from (``ru_maxrss`` survives exec on Linux).
+    ``VmHWM`` from /proc starts afresh in a new process (at fork it is the current RSS, at exec
+    it is reset), so a job process reports its own peak, not its parent's (``ru_maxrss``
+    survives exec on Linux and would report the parent's peak when larger).
     """
     try:
         for line in Path("/proc/self/status").read_text().splitlines():

@@ -12,7 +12,10 @@ Fields (all records, ok or failed):
 * ``fit_seconds``, ``test_seconds`` (whole test pass: decoding, predict, metrics),
   ``predict_seconds`` (sum of ``predict`` calls), ``test_throughput`` (test images per second
   of ``predict``; images already decoded), ``test_throughput_end_to_end``
-* ``peak_rss_mb`` (the job's own process), ``peak_cuda_mb`` (null on CPU)
+* ``peak_rss_mb``: peak resident memory of the job's own process, which includes the ~0.4 GB
+  every job process holds before it starts (Python, torch, adbench imports);
+  ``rss_at_start_mb`` is that baseline, so ``peak - start`` is what the job itself added.
+  ``peak_cuda_mb``: ``torch.cuda.max_memory_allocated`` (null on CPU)
 * ``versions``, ``git_commit``, ``host``, ``started``, ``finished``
 """
 from __future__ import annotations
@@ -78,6 +81,7 @@ def base_record(job: Job, category: str, started: Optional[str] = None) -> dict[
         "test_throughput": None,
         "test_throughput_end_to_end": None,
         "peak_rss_mb": None,
+        "rss_at_start_mb": None,
         "peak_cuda_mb": None,
         "versions": environment.versions(),
         "git_commit": environment.git_commit(),

@@ -107,6 +107,7 @@ def plan_run(opts: RunOptions) -> Plan:
     validate_categories(adapter, categories)
     kinds = {c: adapter.category_info(c).kind for c in categories}
 
+    weights = _check_weights(opts.weights)
     data_root = str(Path(opts.data_root).expanduser().resolve()) if opts.data_root else None
     jobs: list[Job] = []
     for method in methods:
@@ -118,7 +119,7 @@ def plan_run(opts: RunOptions) -> Plan:
                     method=method, dataset=opts.dataset, data_root=data_root, categories=cats,
                     seed=seed, protocol=opts.protocol, profile=opts.profile,
                     config=_plain(config.to_dict()), config_hash=config.config_hash(),
-                    weights=opts.weights, device=opts.device, progress=opts.progress,
+                    weights=weights, device=opts.device, progress=opts.progress,
                     plugins=list(opts.plugins), category_kinds={c: kinds[c] for c in cats},
                 ))
     store = Store(opts.results)
@@ -184,6 +185,19 @@ def validate_categories(adapter, categories: list[str]) -> None:
     if problems:
         head = problems[0] if len(problems) == 1 else f"{len(problems)} data problems"
         raise DataError(head, problems=problems)
+
+
+def _check_weights(weights: Optional[str]) -> Optional[str]:
+    """``--weights``: None (default resolution), ``random``, or an existing file (made absolute,
+    so job processes and Ray workers find it whatever their working folder)."""
+    if weights in (None, "", "random"):
+        return weights or None
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        from adbench.errors import WeightsError
+
+        raise WeightsError(f"--weights {weights}: file not found (give a weights file or 'random')")
+    return str(path.resolve())
 
 
 def _check_device(device: str) -> None:

@@ -97,6 +97,7 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
     from adbench.registry import DATASETS, METHODS, load_plugins
 
     started = started or now()
+    rss_at_start = environment.rss_mb()
     load_plugins(job.plugins)
     METHODS.load()
     DATASETS.load()
@@ -148,7 +149,8 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
         peak_cuda = round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None
         finished = now()
         for record in records:
-            record.update(peak_rss_mb=peak_rss, peak_cuda_mb=peak_cuda, finished=finished)
+            record.update(peak_rss_mb=peak_rss, rss_at_start_mb=_round(rss_at_start), peak_cuda_mb=peak_cuda,
+                          finished=finished)
         return records
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -199,6 +201,10 @@ def _evaluate(detector, loader, device, method_cls, evaluator_cls, category: str
         "test_throughput": round(n_images / predict_seconds, 3) if predict_seconds > 0 else None,
         "test_throughput_end_to_end": round(n_images / test_seconds, 3) if test_seconds > 0 else None,
     }
+
+
+def _round(value, digits: int = 1):
+    return None if value is None else round(float(value), digits)
 
 
 def _finite_or_none(value) -> float | None:

@@ -10,13 +10,16 @@ hit failure paths at a deterministic point instead of guessing timings:
 * ``ADBENCH_KIT_KILL_ON=<cat>``: fit SIGKILLs its whole process group (a ``kill -9`` of the run)
 * ``ADBENCH_KIT_DIE_ON=<cat>``: fit SIGKILLs only its own process (what the OOM killer does)
 * ``ADBENCH_KIT_FAIL_ON=<cat>``: fit raises
+* ``ADBENCH_KIT_INT_ON=<cat>``: fit sends SIGINT to its process group (Ctrl-C)
 * ``ADBENCH_KIT_NAN_ON=<cat>``: predict returns NaN scores
 * ``ADBENCH_KIT_BADSHAPE_ON=<cat>``: predict returns maps of the wrong size
 """
 from __future__ import annotations
 
 import os
+import random
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +44,7 @@ class KitConfig(MethodConfig):
     image_size: int = 32
     batch_size: int = 4
     scale: float = 1.0
-    mode: str = "mean"
+    mode: str = "mean"  # "noisy": the mean gets seeded random jitter (tests seeding)
 
 
 @register_method("kit_mean")
@@ -68,7 +71,13 @@ class KitMean(Detector):
             os.kill(os.getpid(), signal.SIGKILL)
         if _triggered("ADBENCH_KIT_FAIL_ON", cats):
             raise RuntimeError("deliberate failure in fit")
+        if _triggered("ADBENCH_KIT_INT_ON", cats):  # what Ctrl-C does: SIGINT to the group
+            os.killpg(os.getpgid(0), signal.SIGINT)
+            time.sleep(30)
         self.mean = (total / n).to(self.device)
+        if self.config.mode == "noisy":  # depends on all three RNGs the runner seeds
+            jitter = torch.rand_like(self.mean) * float(np.random.rand() + random.random())
+            self.mean = self.mean + 0.3 * jitter
         self.extra = torch.nn.Linear(3, 2)  # parameters for the record's count: 8
 
     def predict(self, batch) -> Prediction:

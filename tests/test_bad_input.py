@@ -68,6 +68,12 @@ def test_names_options_and_roots(tmp_path, data):
     _assert_user_error(r, res, "missing.yaml: file not found", lines=1)
     r, res = _run(tmp_path, "--method", "kit_mean", *base, "--profile", "fast")
     _assert_user_error(r, res, "--profile 'fast' is not defined", lines=1)
+    r, res = _run(tmp_path, "--method", "kit_mean", *base, "--weights", str(tmp_path / "w.pth"))
+    _assert_user_error(r, res, "w.pth: file not found", lines=1)
+    r, res = _run(tmp_path, "--method", "kit_mean", *base, "--seed", "1,x")
+    _assert_user_error(r, res, "--seed '1,x': expected an integer", lines=1)
+    r, res = _run(tmp_path, "--method", "kit_mean", *base, "--device", "tpu")
+    _assert_user_error(r, res, "--device 'tpu'", lines=1)
     r, res = _run(tmp_path, "--method", "kit_mean", *base, "--plugin", "no_such_plugin_mod")
     _assert_user_error(r, res, "--plugin no_such_plugin_mod: cannot import", lines=1)
 

@@ -46,3 +46,18 @@ def test_sigkill_mid_grid_then_resume(tmp_path):
     assert not [p for p in results.rglob("*") if p.is_file() and not p.name.endswith(".json")]
     # the final table lists the whole grid, the job finished before the kill included
     assert "| obj_b" in resumed.stdout and "| tex_a" in resumed.stdout
+
+
+def test_ctrl_c_keeps_finished_jobs(tmp_path):
+    """SIGINT to the run's process group (what Ctrl-C does) while the second job trains:
+    exit 130, a one-line message, the first job's record kept, no temporary file."""
+    data = adbench_testkit.make_kit_data(tmp_path / "data", categories=("obj_b", "obj_c"))
+    results = tmp_path / "res"
+    cmd = [sys.executable, str(REPO / "cli.py"), "run", "--plugin", "adbench_testkit", "--method", "kit_mean",
+           "--dataset", "kitgen", "--data-root", str(data), "--results", str(results), "-q"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "ADBENCH_KIT_INT_ON": "obj_c"}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, start_new_session=True, timeout=300)
+    assert out.returncode == 130, out.stderr
+    assert "interrupted: finished jobs are stored" in out.stderr and "Traceback" not in out.stderr
+    files = [p.name for p in results.rglob("*") if p.is_file()]
+    assert len(files) == 1 and files[0].startswith("obj_b__"), files

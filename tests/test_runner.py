@@ -16,7 +16,7 @@ from adbench.errors import ConfigError
 from adbench.runner import RunOptions, plan_run, run
 
 TRIGGERS = ("ADBENCH_KIT_KILL_ON", "ADBENCH_KIT_DIE_ON", "ADBENCH_KIT_FAIL_ON", "ADBENCH_KIT_NAN_ON",
-            "ADBENCH_KIT_BADSHAPE_ON")
+            "ADBENCH_KIT_BADSHAPE_ON", "ADBENCH_KIT_INT_ON")
 
 
 @pytest.fixture()
@@ -104,6 +104,16 @@ def test_failures_are_isolated_and_retried(kit, tmp_path, monkeypatch):
     assert again.exit_code == 0 and again.n_ok == 4 and len(again.plan.skipped_done) == 1
     assert all(r["status"] == "ok" for r in _records(results))
     assert len(list(results.rglob("*.json"))) == 5
+
+
+def test_seeding_in_the_job_process(kit, tmp_path):
+    """A method drawing from Python, NumPy and torch RNGs: same seed -> same numbers."""
+    opts = dict(category="obj_b", set_options=["mode=noisy"])
+    first = run(_opts(kit, tmp_path / "a", seed="0,1", **opts)).records
+    again = run(_opts(kit, tmp_path / "b", seed="0", **opts)).records
+    assert first[0]["seed"] == 0 and first[1]["seed"] == 1
+    assert again[0]["metrics"] == first[0]["metrics"]
+    assert again[0]["metrics"]["pixel_ap"] != first[1]["metrics"]["pixel_ap"]
 
 
 def test_unified_protocol(kit, tmp_path):
