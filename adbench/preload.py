@@ -4,7 +4,8 @@ Every job runs in its own process forked from that server, so what is imported h
 the metrics stack, the built-in methods and datasets) and what is cached here (package
 versions, git commit, host facts) is paid for once per run instead of once per job, while each
 job still gets a private process (crash and OOM isolation, its own peak memory). Nothing here
-starts threads or touches CUDA, which keeps forking safe.
+starts threads or touches CUDA (not even ``torch.cuda.is_available()``, which initialises
+the driver), which keeps forking safe.
 """
 from __future__ import annotations
 
@@ -19,4 +20,5 @@ METHODS.load()
 DATASETS.load()
 environment.versions()
 environment.git_commit()
-environment.host()
+# environment.host() is left to the job: it asks torch.cuda for the GPU name, and a CUDA
+# driver initialised in the server would be inherited, broken, by every forked job.
