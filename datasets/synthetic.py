@@ -22,8 +22,9 @@ What it is (version 1, fixed seed, so every machine gets byte-identical files):
   defects (1-2 px cracks and scratches) still exist after a resize to 224 or 128. 40 training
   images is the smallest count at which per-location statistics (PaDiM-like Gaussians) and
   memory banks are stable; 30 test images give an image AUROC resolution of 1/216. The whole
-  set is 280 images and 72 masks (~15 MB), generated in a few seconds; every ``quick`` method
-  trains on it in seconds to a minute.
+  set is 280 images and 72 masks (~40 MB: sensor noise does not compress), generated in a few
+  seconds (PNG encoding is most of it); every ``quick`` method trains on it in seconds to a
+  minute.
 * Nuisance variation on every image (normal and defective alike) so that raw pixel distance is
   a poor detector while local features are good: textures are randomly shifted (phase) and
   rotated a few degrees, so their mean image is a blur; every image gets a global brightness
