@@ -72,8 +72,15 @@ def main() -> None:
 def run_cmd(method, dataset, data_root, category, profile, set_options, config_file, seed, protocol,
             results, weights, device, plugins, rerun, executor, metric, quiet, debug) -> None:
     """Run methods over a dataset's categories; print the per-category table."""
+    from adbench.errors import ConfigError
+    from adbench.records import METRIC_KEYS
     from adbench.runner import RunOptions, run
     from adbench.tables import build_tables, render
+
+    metrics = [m.strip() for m in metric.split(",") if m.strip()]
+    unknown = [m for m in metrics if m not in METRIC_KEYS]
+    if unknown:
+        raise ConfigError(f"--metric {', '.join(unknown)}: unknown (known: {', '.join(METRIC_KEYS)})")
 
     opts = RunOptions(
         method=method, dataset=dataset, data_root=data_root, category=category, profile=profile,
@@ -82,7 +89,6 @@ def run_cmd(method, dataset, data_root, category, profile, set_options, config_f
         executor=executor, progress=not quiet,
     )
     summary = run(opts)
-    metrics = [m.strip() for m in metric.split(",") if m.strip()]
     tables = build_tables(summary.records, metrics)
     if tables:
         click.echo(render(tables, "md"))

@@ -10,7 +10,8 @@ the runner writes them before the next job starts (a killed run loses only jobs 
   becomes failed records naming the signal or exit code. The child's peak memory is its own
   (``VmHWM``, reset at fork/exec).
 * ``RayExecutor``: each job is a Ray task running the same ``run_job_catching``, with
-  ``max_calls=1`` so every job gets a fresh worker process. ``ray.init(address=...)`` uses
+  ``max_calls=1`` so every job gets a fresh worker process (and one GPU when the cluster has
+  GPUs and ``--device`` is not cpu). ``ray.init(address=...)`` uses
   ``$RAY_ADDRESS`` when set (an existing cluster), else starts a local one.
 """
 from __future__ import annotations
@@ -138,7 +139,11 @@ class RayExecutor:
             from adbench.worker import run_job_catching
 
             remote = ray.remote(max_calls=1, num_cpus=1)(run_job_catching)
-            pending = {remote.remote(job.to_dict(), list(sys.path)): (job, now()) for job in jobs}
+            has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+            pending = {}
+            for job in jobs:
+                task = remote.options(num_gpus=1) if has_gpu and job.device != "cpu" else remote
+                pending[task.remote(job.to_dict(), list(sys.path))] = (job, now())
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 ref = done[0]

@@ -82,7 +82,7 @@ def plan_run(opts: RunOptions) -> Plan:
         raise ConfigError(f"--protocol {opts.protocol!r}: expected single or unified")
     _check_device(opts.device)
     seeds = parse_seeds(opts.seed)
-    methods = METHODS.resolve_list(opts.method or "all")
+    methods = list(dict.fromkeys(METHODS.resolve_list(opts.method or "all")))
     if not methods:
         raise ConfigError("--method: no methods registered")
     dataset_cls = DATASETS.get(opts.dataset)
@@ -100,7 +100,7 @@ def plan_run(opts: RunOptions) -> Plan:
             notes.append(f"skipping {', '.join(unable)}: no unified protocol (single only)")
         methods = able
 
-    configs = resolve_configs(methods, opts)
+    configs = resolve_configs(methods, opts, notes)
 
     adapter = dataset_cls(opts.data_root)
     categories = adapter.select(parse_list(opts.category))
@@ -122,6 +122,7 @@ def plan_run(opts: RunOptions) -> Plan:
                     weights=weights, device=opts.device, progress=opts.progress,
                     plugins=list(opts.plugins), category_kinds={c: kinds[c] for c in cats},
                 ))
+    jobs = list({job.key(): job for job in jobs}.values())  # `--method a,a` runs a once
     store = Store(opts.results)
     if opts.rerun:
         todo, done = list(jobs), []
@@ -131,7 +132,7 @@ def plan_run(opts: RunOptions) -> Plan:
     return Plan(jobs=jobs, todo=todo, skipped_done=done, notes=notes, store=store)
 
 
-def resolve_configs(methods: list[str], opts: RunOptions) -> dict[str, Any]:
+def resolve_configs(methods: list[str], opts: RunOptions, notes: Optional[list[str]] = None) -> dict[str, Any]:
     """Resolve every method's config; unknown keys and bad values are ConfigErrors.
 
     Flat keys (YAML top level and ``--set``) apply to each selected method that has the field;
@@ -156,6 +157,9 @@ def resolve_configs(methods: list[str], opts: RunOptions) -> dict[str, Any]:
                 close = difflib.get_close_matches(key, sorted(every), n=2)
                 hint = f" (did you mean {' or '.join(close)}?)" if close else ""
                 raise ConfigError(f"{source} {key}: unknown key for {', '.join(methods)}{hint}")
+            lacking = [m for m in methods if key not in field_names[m]]
+            if lacking and notes is not None:
+                notes.append(f"{source} {key} does not apply to {', '.join(lacking)} (no such field)")
 
     configs = {}
     for method in methods:

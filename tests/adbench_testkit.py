@@ -22,6 +22,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -93,15 +94,23 @@ class KitMean(Detector):
         return {"trained_on": self.trained_on}
 
 
+@dataclass
+class KitScoreConfig(KitConfig):
+    reduce: Literal["max", "mean"] = "max"
+
+
 @register_method("kit_scoreonly")
 class KitScoreOnly(KitMean):
     """Same model, image scores only (no maps): pixel metrics must be reported undefined."""
 
+    Config = KitScoreConfig
     produces_maps = False
     protocols = ("single",)
 
     def predict(self, batch) -> Prediction:
-        return Prediction(scores=super().predict(batch).scores, maps=None)
+        maps = super().predict(batch).maps
+        scores = maps.flatten(1).amax(1) if self.config.reduce == "max" else maps.flatten(1).mean(1)
+        return Prediction(scores=scores, maps=None)
 
 
 @register_dataset("kitgen")

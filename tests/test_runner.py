@@ -145,6 +145,13 @@ def test_config_resolution_across_methods(kit, tmp_path):
     by_method = {j.method: j.config for j in plan.jobs}
     assert by_method["kit_mean"]["image_size"] == 24 and by_method["kit_mean"]["scale"] == 1.0
     assert by_method["kit_scoreonly"]["scale"] == 3.0 and by_method["kit_scoreonly"]["batch_size"] == 2
+    notes = plan_run(_opts(kit, tmp_path / "r", method="kit_mean,kit_scoreonly,kit_mean",
+                           set_options=["reduce=mean"])).notes
+    assert notes == ["--set reduce does not apply to kit_mean (no such field)"]
+    plan = plan_run(_opts(kit, tmp_path / "r", method="kit_mean,kit_mean"))
+    assert len(plan.jobs) == 2  # duplicates collapse to one job per key
+    with pytest.raises(ConfigError, match="expected one of max, mean"):
+        plan_run(_opts(kit, tmp_path / "r", method="kit_scoreonly", set_options=["reduce=min"]))
     with pytest.raises(ConfigError, match="did you mean scale"):
         plan_run(_opts(kit, tmp_path / "r", set_options=["scal=2"]))
     with pytest.raises(ConfigError, match="expected a number"):
