@@ -252,7 +252,7 @@ class CutPasteTrainer:
             acc = float((logits.argmax(1) == labels).float().mean())
             self.history.append({"phase": desc, "step": step, "loss": float(loss.detach()), "acc": acc})
             if step % 10 == 0:
-                bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{acc:.2f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", acc=f"{acc:.2f}")
         self.seconds_per_step = (time.perf_counter() - started) / steps
         for p in net.encoder.parameters():
             p.requires_grad_(True)
