@@ -132,7 +132,8 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
             record = base_record(job, category, started)
             record["training_categories"] = list(job.categories)
             test_loader = make_loader(indexes[category].test, preprocess, batch_size=eval_batch_size, train=False)
-            evaluation = _evaluate(detector, test_loader, device, method_cls, StreamingEvaluator, category)
+            evaluation = _evaluate(detector, test_loader, device, method_cls, StreamingEvaluator, category,
+                                   progress=job.progress)
             record.update(evaluation)
             record.update(
                 status="ok",
@@ -156,15 +157,20 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _evaluate(detector, loader, device, method_cls, evaluator_cls, category: str) -> dict[str, Any]:
+def _evaluate(detector, loader, device, method_cls, evaluator_cls, category: str,
+              progress: bool = False) -> dict[str, Any]:
     import torch
+    from tqdm import tqdm
 
     evaluator = evaluator_cls(fpr_limit=0.3)
     n_images = 0
     n_cropped = 0
     predict_seconds = 0.0
     t_start = time.perf_counter()
+    bar = tqdm(total=len(loader.dataset), desc=f"test {category}", unit="img", leave=False,
+               disable=not progress, file=sys.stderr)
     for batch in loader:
+        bar.update(len(batch))
         labels = batch.labels.numpy().astype(np.int64)
         masks = batch.masks.numpy().astype(bool) if batch.masks is not None else None
         if batch.defect_cropped is not None:
@@ -179,6 +185,7 @@ def _evaluate(detector, loader, device, method_cls, evaluator_cls, category: str
         evaluator.update(scores=scores, labels=labels, defect_types=list(batch.defect_types),
                          maps=maps, masks=masks)
         n_images += len(labels)
+    bar.close()
     result = evaluator.compute()
     test_seconds = time.perf_counter() - t_start
     result_dict = result.to_dict() if hasattr(result, "to_dict") else dict(result)

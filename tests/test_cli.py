@@ -21,17 +21,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory):
-    """One real `adbench run`: 2 methods x 2 categories, one category without anomalies, one
-    job failing on purpose (exit code 1, the others still run and are stored)."""
+    """One real `adbench run`: 2 methods x 3 categories, one category without anomalous test
+    images (metrics undefined, not an error), one failing on purpose (exit code 1, the other
+    jobs still run and are stored)."""
     tmp = tmp_path_factory.mktemp("cli")
-    data = adbench_testkit.make_kit_data(tmp / "data", categories=("obj_b", "tex_good"), no_anomalies=("tex_good",))
+    data = adbench_testkit.make_kit_data(tmp / "data", categories=("obj_b", "obj_fail", "tex_good"),
+                                         no_anomalies=("tex_good",))
     results = tmp / "res"
     script = Path(sys.executable).parent / "adbench"
     cmd = [str(script) if script.exists() else sys.executable, *([] if script.exists() else [str(REPO / "cli.py")]),
            "run", "--plugin", "adbench_testkit", "--method", "kit_mean,kit_scoreonly", "--dataset", "kitgen",
            "--data-root", str(data), "--profile", "quick", "--seed", "3", "--results", str(results), "-q",
            "--metric", "image_auroc,pixel_auroc,aupro"]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "ADBENCH_KIT_FAIL_ON": "tex_good"}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "ADBENCH_KIT_FAIL_ON": "obj_fail"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     return out, results
 
@@ -39,16 +41,23 @@ def ran(tmp_path_factory):
 def test_run_prints_table_and_stores_records(ran):
     out, results = ran
     assert out.returncode == 1, out.stderr  # the deliberate failures
-    assert "FAILED kit_mean/kitgen/tex_good/s3: failed: RuntimeError: deliberate failure in fit" in out.stderr
-    assert "2 job(s) ok, 2 failed, 0 already done" in out.stderr
+    assert "FAILED kit_mean/kitgen/obj_fail/s3: failed: RuntimeError: deliberate failure in fit" in out.stderr
+    assert "4 job(s) ok, 2 failed, 0 already done" in out.stderr
     assert "### kitgen: image_auroc" in out.stdout and "### kitgen: aupro" in out.stdout
-    assert re.search(r"\| tex_good\s+\| failed\s+\| failed", out.stdout), out.stdout
+    image_table = out.stdout.split("### kitgen: pixel_auroc")[0]
+    assert re.search(r"\| obj_fail\s+\| failed\s+\| failed", image_table), out.stdout
+    assert re.search(r"\| tex_good\s+\| n/a \[1\]\s+\| n/a \[1\]", image_table), out.stdout
+    assert "[1] n/a: test set has no anomalous images" in image_table
     assert "profile: quick" in out.stdout
     records = [json.loads(p.read_text()) for p in results.rglob("*.json")]
-    assert len(records) == 4
+    assert len(records) == 6
     ok = [r for r in records if r["status"] == "ok"]
-    assert {r["method"] for r in ok} == {"kit_mean", "kit_scoreonly"}
+    assert {r["method"] for r in ok} == {"kit_mean", "kit_scoreonly"} and len(ok) == 4
     assert all(r["geometry"] == "resize24" and r["seed"] == 3 and r["profile"] == "quick" for r in ok)
+    good = next(r for r in ok if r["category"] == "tex_good" and r["method"] == "kit_mean")
+    assert good["metrics"]["image_auroc"] is None and good["metrics"]["pixel_auroc"] is None
+    assert good["undefined"]["image_auroc"] == "test set has no anomalous images"
+    assert good["counts"]["n_anomalous"] == 0
 
 
 def test_table_command_formats(ran, tmp_path):
@@ -68,7 +77,7 @@ def test_table_command_formats(ran, tmp_path):
     assert "<table" in html.stdout
     long = runner.invoke(main, ["table", "--results", str(results), "--long", "--metric", "image_auroc"])
     rows = pd.read_csv(io.StringIO(long.stdout))
-    assert len(rows) == 4 and set(rows["metric"]) == {"image_auroc"}
+    assert len(rows) == 6 and set(rows["metric"]) == {"image_auroc"}
     bad = runner.invoke(main, ["table", "--results", str(results), "--metric", "image_aroc"])
     assert bad.exit_code == 2 and bad.stderr.startswith("error: --metric image_aroc: not in the records")
     missing = runner.invoke(main, ["table", "--results", str(tmp_path / "none")])
