@@ -1,0 +1,236 @@
+"""UniAD: a unified model for multi-class anomaly detection (You et al., NeurIPS 2022).
+
+Method, in the paper's order:
+
+1. **Features.** A frozen ImageNet EfficientNet-B4 gives stages 1-4 (timm ``features_only``
+   indices 0-3: 24 + 32 + 56 + 160 = 272 channels at strides 2, 4, 8, 16). Each map is resized
+   bilinearly (``align_corners=True``, as the official ``nn.UpsamplingBilinear2d`` neck) to the
+   stride-16 grid of the deepest stage (14 x 14 at 224 x 224) and concatenated. The channel
+   count comes from the backbone, so tf_efficientnet_lite0 (16 + 24 + 40 + 112 = 192) works too.
+2. **Reconstruction.** ``adbench.components.neighbor_transformer``: 1x1 projection to width
+   256, 4 encoder + 4 decoder layers, 8 heads, a learned query per decoder layer, 7 x 7
+   neighbour-masked attention, learned positional embedding, feature jittering (scale 20,
+   training only); projection back to the input width.
+3. **Training.** MSE between reconstructed and input (clean) features. AdamW lr 1e-4, weight
+   decay 1e-4, gradient-norm clipping 0.1, batch 64, 224 x 224 resize without crop, no data
+   augmentation; 500 epochs with the learning rate x0.1 after 400 (MIAD appendix A.2.6; the
+   official config trains 1000 epochs with the step at 800, ``--set epochs=1000
+   lr_step_epoch=800``). Always the last epoch's model. The official training script evaluates on
+   the TEST set every 10 epochs and keeps the checkpoint with the best test pixel AUROC
+   (``key_metric: mean_pixel_auc``); we never do, so expect some gap to its published numbers
+   (unified MVTec 96.5 image / 96.8 pixel). Its evaluation also replaces an AUROC below 0.5 by
+   1 - AUROC; ours does not.
+4. **Scores.** Map = L2 norm over channels of (reconstruction - input) at every grid position,
+   upsampled bilinearly to the input size. Image score = max of that map after a 16 x 16
+   average pool with stride 1 (official ``avgpool_size: [16, 16]`` on the 224 x 224 map, i.e.
+   one grid cell; ``score_pool`` in pixels), computed on the unsmoothed map as the official code
+   does. The returned pixel map is additionally Gaussian-smoothed (``blur_sigma`` 4, the
+   harness's shared blur): the official code does not smooth, ``--set blur_sigma=0`` matches it.
+
+Protocols: ``single`` (one model per category) and ``unified`` (one model on the union of the
+categories' training sets, which is what the paper reports). ``fit`` needs nothing special for
+unified: it reconstructs whatever normal features the loader brings; the record lists the
+categories it was trained on.
+
+CPU practicality (not in the paper): the backbone is frozen and there is no augmentation, so the
+training features are identical every epoch. They are extracted once and kept in RAM when they
+fit in ``feature_cache_gb`` (about 43 MB for 209 images with B4 at 224); otherwise they are
+re-extracted from the loader every epoch. Jittering happens after extraction, so the
+cached and the streamed path train the same model up to the batch order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from adbench.components.backbone import Backbone
+from adbench.components.blur import gaussian_blur
+from adbench.components.neighbor_transformer import ReconstructionTransformer
+from adbench.config import MethodConfig
+from adbench.data import Batch
+from adbench.detector import Detector, Prediction
+from adbench.errors import ConfigError
+from adbench.registry import register_method
+
+
+@dataclass
+class UniADConfig(MethodConfig):
+    image_size: int = 224  # MIAD appendix / official config: 224 x 224 resize
+    crop_size: Optional[int] = None
+    batch_size: int = 64  # MIAD appendix (official: 8 per GPU x 8 GPUs)
+    backbone: str = "efficientnet_b4"
+    layers: tuple[int, ...] = (0, 1, 2, 3)  # stages 1-4: 272 channels for B4
+    hidden_dim: int = 256
+    heads: int = 8
+    encoder_layers: int = 4
+    decoder_layers: int = 4
+    ff_dim: int = 1024
+    dropout: float = 0.1
+    neighbour_size: int = 7  # 0 disables the mask
+    jitter_scale: float = 20.0  # 0 disables jittering
+    epochs: int = 500
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    lr_step_epoch: int = 400  # lr x lr_gamma from this epoch on
+    lr_gamma: float = 0.1
+    grad_clip: float = 0.1
+    score_pool: int = 16  # px, average pool before the image-level max
+    blur_sigma: float = 4.0  # smoothing of the returned pixel map (0 = official, unsmoothed)
+    feature_cache_gb: float = 4.0  # keep training features in RAM up to this size
+
+
+@register_method("uniad")
+class UniAD(Detector):
+    """Transformer reconstruction of frozen multi-scale features; see the module docstring."""
+
+    Config = UniADConfig
+    PROFILES = {
+        "paper": {},
+        # A 2-core CPU budget (bottle ~5 min, magnetic_tile ~15 min on free cores): lite0 has
+        # offline ImageNet weights; a half-width, half-depth transformer (same design: learned
+        # queries, 7x7 neighbour mask, jitter 20) is ~5x cheaper per image; batch 16 and lr 1e-3
+        # give ~10x more, larger steps than the paper's batch 64 / 1e-4 in 10 epochs.
+        "quick": {
+            "backbone": "tf_efficientnet_lite0", "hidden_dim": 128, "encoder_layers": 2,
+            "decoder_layers": 2, "ff_dim": 512, "batch_size": 16, "lr": 1e-3, "epochs": 10,
+            "lr_step_epoch": 10,
+        },
+    }
+    produces_maps = True
+    protocols = ("single", "unified")
+
+    def __init__(self, config: UniADConfig, context=None):
+        super().__init__(config, context)
+        cfg = self.config
+        if cfg.crop_size is not None:
+            size = cfg.crop_size
+        else:
+            size = cfg.image_size
+        self.backbone = Backbone(
+            cfg.backbone,
+            layers=cfg.layers,
+            weights=self.context.weights,
+            allow_random_fallback=(self.context.profile != "paper"),
+        ).to(self.device)
+        stride = max(self.backbone.strides)
+        if size % stride:
+            raise ConfigError(f"--set image_size={size}: must be a multiple of the backbone stride {stride}")
+        self.grid = (size // stride, size // stride)
+        if cfg.neighbour_size >= 2 * max(self.grid) - 1:
+            raise ConfigError(
+                f"--set neighbour_size={cfg.neighbour_size}: the window would mask the whole "
+                f"{self.grid[0]}x{self.grid[1]} grid"
+            )
+        self.model = ReconstructionTransformer(
+            sum(self.backbone.channels),
+            self.grid,
+            dim=cfg.hidden_dim,
+            heads=cfg.heads,
+            encoder_layers=cfg.encoder_layers,
+            decoder_layers=cfg.decoder_layers,
+            ff_dim=cfg.ff_dim,
+            dropout=cfg.dropout,
+            neighbour_size=cfg.neighbour_size,
+            jitter_scale=cfg.jitter_scale,
+        ).to(self.device)
+        self.loss_history: list[float] = []
+        self.train_categories: list[str] = []
+
+    # --- features ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] in [0, 1] -> aligned multi-scale features [B, C, gh, gw]."""
+        maps = self.backbone(images.to(self.device))
+        resized = [F.interpolate(m, size=self.grid, mode="bilinear", align_corners=True) for m in maps]
+        return torch.cat(resized, dim=1)
+
+    # --- training ------------------------------------------------------------------------------
+    def fit(self, train_loader: Iterable[Batch]) -> None:
+        cfg = self.config
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.lr_step_epoch), gamma=cfg.lr_gamma)
+        cached = self._cache_features(train_loader)
+        generator = torch.Generator().manual_seed(int(self.context.seed))
+        bar = tqdm(range(cfg.epochs), desc="uniad", unit="epoch", disable=not self.context.progress)
+        for _ in bar:
+            self.model.train()
+            total, count = 0.0, 0
+            for feats in self._epoch_batches(cached, train_loader, generator):
+                rec = self.model(feats)
+                loss = F.mse_loss(rec, feats)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                total += float(loss.detach()) * len(feats)
+                count += len(feats)
+            scheduler.step()
+            if count == 0:
+                raise ValueError("uniad: the training loader yielded no images")
+            self.loss_history.append(total / count)
+            bar.set_postfix(loss=f"{self.loss_history[-1]:.4f}")
+        self.model.eval()
+
+    def _cache_features(self, train_loader) -> Optional[torch.Tensor]:
+        """All training features in one tensor if they fit in ``feature_cache_gb``, else None."""
+        n = len(getattr(train_loader, "dataset", ()) or ())
+        per_image = sum(self.backbone.channels) * self.grid[0] * self.grid[1] * 4
+        if n == 0 or n * per_image > self.config.feature_cache_gb * 2**30:
+            for batch in train_loader:  # categories still get recorded on the streamed path
+                self._note_categories(batch)
+                break
+            return None
+        chunks = []
+        for batch in train_loader:
+            self._note_categories(batch)
+            chunks.append(self.features(batch.images))
+        return torch.cat(chunks)
+
+    def _note_categories(self, batch: Batch) -> None:
+        for name in batch.categories:
+            if name not in self.train_categories:
+                self.train_categories.append(name)
+
+    def _epoch_batches(self, cached, train_loader, generator):
+        if cached is None:
+            for batch in train_loader:
+                self._note_categories(batch)
+                yield self.features(batch.images)
+            return
+        order = torch.randperm(len(cached), generator=generator)
+        size = self.config.batch_size
+        for start in range(0, len(order), size):
+            yield cached[order[start : start + size].to(cached.device)]
+
+    # --- scoring -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> Prediction:
+        self.model.eval()
+        feats = self.features(batch.images)
+        rec = self.model(feats)
+        grid_map = torch.sqrt(((rec - feats) ** 2).sum(dim=1, keepdim=True))  # [B, 1, gh, gw]
+        height, width = batch.images.shape[-2:]
+        maps = F.interpolate(grid_map, size=(height, width), mode="bilinear", align_corners=True)
+        pool = max(1, min(self.config.score_pool, height, width))
+        scores = F.avg_pool2d(maps, pool, stride=1).flatten(1).max(dim=1).values
+        maps = gaussian_blur(maps, self.config.blur_sigma).squeeze(1)
+        return Prediction(scores=scores.cpu(), maps=maps.cpu())
+
+    # --- record --------------------------------------------------------------------------------
+    def weights_tag(self) -> str:
+        return self.backbone.weights_tag
+
+    def record_extras(self) -> dict:
+        return {
+            "feature_channels": sum(self.backbone.channels),
+            "feature_grid": list(self.grid),
+            "train_categories": list(self.train_categories),
+            "train_loss_per_epoch": [round(v, 5) for v in self.loss_history],
+            "checkpoint": "last epoch (never selected on test data)",
+        }
