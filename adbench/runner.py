@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from adbench.config import load_yaml_config, parse_set_options, resolve_config
-from adbench.errors import ConfigError, DataError, UserError
+from adbench.errors import ConfigError, DataError
 from adbench.jobs import PROTOCOLS, Job, parse_list, parse_seeds
-from adbench.store import Store
+from adbench.store import Store, read_record
 
 
 @dataclass
@@ -270,8 +270,6 @@ def run(opts: RunOptions, *, log=None) -> RunSummary:
             bar.close()
     for job in plan.jobs:
         for path in plan.store.record_paths(job):
-            from adbench.store import read_record
-
             record = read_record(path)
             if record is not None:
                 summary.records.append(record)
@@ -304,5 +302,4 @@ def _short_metrics(records: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
-__all__ = ["RunOptions", "Plan", "RunSummary", "plan_run", "run", "resolve_configs",
-           "validate_categories", "UserError"]
+__all__ = ["RunOptions", "Plan", "RunSummary", "plan_run", "run", "resolve_configs", "validate_categories"]

@@ -6,7 +6,6 @@ generated into tmp_path; each job still runs in its own child process, as in rea
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest

@@ -23,10 +23,6 @@ def rec(method, category, value, *, kind="object", seed=0, protocol="single", pr
             "metrics": metrics, "undefined": undefined}
 
 
-def cells(table):
-    return table.frame
-
-
 def test_pivot_means_kinds_and_seeds():
     records = [
         rec("a", "carpet", 0.8, kind="texture", pixel=0.9),
