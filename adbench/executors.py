@@ -143,7 +143,8 @@ class RayExecutor:
             pending = {}
             for job in jobs:
                 task = remote.options(num_gpus=1) if has_gpu and job.device != "cpu" else remote
-                pending[task.remote(job.to_dict(), list(sys.path))] = (job, now())
+                spec = {**job.to_dict(), "progress": False}  # bars do not survive Ray's log forwarding
+                pending[task.remote(spec, list(sys.path))] = (job, now())
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 ref = done[0]

@@ -3,7 +3,8 @@
 Fields (all records, ok or failed):
 
 * identity: ``method, dataset, category, category_kind, protocol, training_categories, seed,
-  profile, config, config_hash, weights`` (the ``--weights`` option), ``record_name``
+  profile, config, config_hash, weights`` (the ``--weights`` option), ``device`` (the one
+  used, ``--device auto`` resolved), ``record_name``
 * ``status`` (``ok`` | ``failed``) and ``error`` (one line; ``traceback`` holds the rest)
 * ``metrics``: every metric key with its value, ``null`` when undefined; ``undefined``: metric
   -> reason; ``per_defect``: defect type -> {image_auroc, n}; ``counts``

@@ -142,6 +142,7 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
                 weights_tag=str(detector.weights_tag()),
                 n_parameters=int(detector.num_parameters()),
                 record_extras=detector.record_extras() or {},
+                device=str(device),
                 fit_seconds=round(fit_seconds, 3),
                 n_train_images=len(train),
             )

@@ -50,6 +50,7 @@ def test_records_resume_rerun_and_seeds(kit, tmp_path):
     assert r["category_kind"] == "object" and recs[2]["category_kind"] == "texture"
     assert r["config"]["image_size"] == 32 and len(r["config_hash"]) == 10
     assert r["geometry"] == "resize32" and r["n_parameters"] == 8 and r["weights_tag"] == "none"
+    assert r["device"] == "cpu" and r["peak_cuda_mb"] is None and 0 < r["rss_at_start_mb"] <= r["peak_rss_mb"]
     assert r["metrics"]["image_auroc"] == pytest.approx(1.0)
     assert r["metrics"]["pixel_auroc"] > 0.9
     assert set(r["per_defect"]) == {"square"}
