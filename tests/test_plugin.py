@@ -39,6 +39,8 @@ def test_pip_installed_plugin_lists_and_runs(tmp_path):
     assert "entry point plugin_median (adbench-testplugin 0.1.0)" in line and "single" in line
     line = next(l for l in listed.stdout.splitlines() if l.startswith("plugin_flat"))
     assert "entry point plugin_flat (adbench-testplugin 0.1.0)" in line
+    assert "method modules that failed to import:" in listed.stdout
+    assert "adbench_testplugin.broken:Missing: ImportError: this plugin needs a package" in listed.stdout
 
     data = adbench_testkit.make_kit_data(tmp_path / "data", categories=("flatcat",))
     results = tmp_path / "res"
