@@ -6,7 +6,8 @@ row, and texture/object mean rows when the dataset's categories are of both kind
 Different settings are never averaged together silently. A column is one (method, protocol,
 profile, config hash, weights); when a method has records under several of these, each gets
 its own column with a suffix saying what differs (``uniad (unified)``, ``patchcore [quick]``,
-``draem {cfg 1a2b3c4d}``). Seeds of one setting are averaged, and the footnotes say over how
+``draem {cfg 1a2b3c4d}``); unified models trained on different category sets are different
+settings too. Seeds of one setting are averaged, and the footnotes say over how
 many. Undefined values (e.g. no anomalous test image) show as ``n/a`` with a footnote giving
 the reason; a category with only failed records shows ``failed``. Means are over the categories
 where the value is defined, and a footnote says when that is not all of them. Pixel metrics
@@ -23,9 +24,11 @@ from typing import Any, Iterable, Optional
 
 import pandas as pd
 
+from adbench.jobs import categories_hash
+
 DEFAULT_METRICS = ("image_auroc", "pixel_auroc")
 FORMATS = ("md", "csv", "latex", "html")
-SETTING_KEYS = ("method", "protocol", "profile", "config_hash", "weights")
+SETTING_KEYS = ("method", "protocol", "training", "profile", "config_hash", "weights")
 
 
 @dataclass
@@ -58,6 +61,9 @@ def long_frame(records: Iterable[dict[str, Any]], metrics: Optional[Iterable[str
                 "category": r.get("category"),
                 "category_kind": r.get("category_kind"),
                 "protocol": r.get("protocol") or "single",
+                # a unified model is defined by the categories it was trained on
+                "training": (",".join(sorted(r.get("training_categories") or []))
+                             if (r.get("protocol") or "single") != "single" else ""),
                 "profile": r.get("profile"),
                 "seed": r.get("seed"),
                 "config_hash": r.get("config_hash"),
@@ -68,7 +74,7 @@ def long_frame(records: Iterable[dict[str, Any]], metrics: Optional[Iterable[str
                 "value": values.get(metric) if r.get("status") == "ok" else None,
                 "reason": (undefined.get(metric) if r.get("status") == "ok" else r.get("error")),
             })
-    columns = ["method", "dataset", "category", "category_kind", "protocol", "profile", "seed",
+    columns = ["method", "dataset", "category", "category_kind", "protocol", "training", "profile", "seed",
                "config_hash", "weights", "geometry", "status", "metric", "value", "reason"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -78,11 +84,15 @@ def column_labels(frame: pd.DataFrame) -> dict[tuple, str]:
     settings = frame[list(SETTING_KEYS)].drop_duplicates()
     labels: dict[tuple, str] = {}
     for method, group in settings.groupby("method", sort=True):
-        varies = {k: group[k].nunique() > 1 for k in ("protocol", "profile", "config_hash", "weights")}
+        varies = {k: group[k].nunique() > 1 for k in ("training", "profile", "config_hash", "weights")}
+        unified_sets = group.loc[group["protocol"] != "single", "training"].nunique()
         for row in group.itertuples(index=False):
             label = str(method)
             if row.protocol != "single":
                 label += f" ({row.protocol})"
+                if unified_sets > 1:
+                    n = len(row.training.split(","))
+                    label += f" [{n} cats {categories_hash(row.training.split(','))}]"
             if varies["profile"]:
                 label += f" [{row.profile}]"
             if varies["weights"]:
@@ -146,6 +156,8 @@ def _one_table(dataset: str, metric: str, sub: pd.DataFrame, labels: dict, decim
             if ok.empty:
                 cells[col][category] = "failed"
                 continue
+            if ok["seed"].duplicated().any():
+                note(f"{col} {category}: several records for one seed (e.g. different data roots), averaged")
             defined = ok["value"].dropna()
             defined = defined[[math.isfinite(float(v)) for v in defined]]
             if defined.empty:

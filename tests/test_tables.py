@@ -10,7 +10,8 @@ from adbench.tables import build_tables, long_frame, render, render_long
 
 
 def rec(method, category, value, *, kind="object", seed=0, protocol="single", profile="quick",
-        config_hash="aaaa", status="ok", pixel=None, reason=None, geometry="resize256", dataset="mvtec"):
+        config_hash="aaaa", status="ok", pixel=None, reason=None, geometry="resize256", dataset="mvtec",
+        training=None):
     metrics = {"image_auroc": value, "pixel_auroc": pixel}
     undefined = {}
     if value is None:
@@ -20,7 +21,7 @@ def rec(method, category, value, *, kind="object", seed=0, protocol="single", pr
     return {"method": method, "dataset": dataset, "category": category, "category_kind": kind, "seed": seed,
             "protocol": protocol, "profile": profile, "config_hash": config_hash, "weights": None,
             "status": status, "error": "boom" if status != "ok" else None, "geometry": geometry,
-            "metrics": metrics, "undefined": undefined}
+            "metrics": metrics, "undefined": undefined, "training_categories": training or [category]}
 
 
 def test_pivot_means_kinds_and_seeds():
@@ -62,6 +63,12 @@ def test_settings_are_never_mixed():
     image, pixel = build_tables(records)
     cols = list(image.frame.columns)
     assert cols == ["pc [paper]", "pc [quick]", "uniad", "uniad (unified)", "x {cfg aaaa}", "x {cfg bbbb}"]
+    # unified models over different category sets are different columns too
+    two = [rec("u", "bottle", 0.9, protocol="unified", training=["bottle", "cable"]),
+           rec("u", "bottle", 0.7, protocol="unified", training=["bottle", "cable", "grid"])]
+    (t,) = build_tables(two, metrics=["image_auroc"])
+    assert sorted(t.frame.loc["bottle"]) == ["0.700", "0.900"]
+    assert all(c.startswith("u (unified) [") for c in t.frame.columns)
     assert image.frame.loc["bottle", "uniad (unified)"] == "0.900"
     assert not any(n.startswith("profile:") for n in image.footnotes)  # profiles differ
     assert any("different evaluation geometries" in n and "resize256-crop224" in n for n in pixel.footnotes)
