@@ -160,6 +160,7 @@ def _greedy_loop(z, k, start, block_size, max_pending) -> torch.Tensor:
         local = int(torch.argmax(mind[s:e]))
         i = s + local
         picks[t] = i
+        mind[i] = -1.0  # below any distance: never picked twice, even among duplicate rows
         centers[t] = z[i]
         center_sq[t] = sq[i]
         t += 1
@@ -195,13 +196,17 @@ def exact_greedy_kcenter(features, k: int, *, first: int = 0) -> torch.Tensor:
     x = _as_float_tensor(features, torch.device("cpu"))
     n = x.shape[0]
     k = min(int(k), n)
+    sq = (x * x).sum(dim=1)
     mind = torch.full((n,), float("inf"))
+    d = torch.empty(n)
     picks = torch.empty(k, dtype=torch.long)
     idx = int(first)
     for t in range(k):
         picks[t] = idx
-        d = ((x - x[idx]) ** 2).sum(dim=1)
+        torch.mv(x, x[idx], out=d)  # |x - c|^2 = |x|^2 - 2 x.c + |c|^2 over all N rows
+        d.mul_(-2.0).add_(sq).add_(sq[idx])
         torch.minimum(mind, d, out=mind)
+        mind[idx] = 0.0
         idx = int(torch.argmax(mind))
     return picks
 
@@ -258,8 +263,11 @@ class TwoLevelCoreset:
             return
         z = project(chunk, self.matrix, device=self.device)
         keep = coreset_size(n, min(1.0, self.ratio * self.oversample))
-        start = _start_distances(z, self.num_starts, self.gen)
-        local = greedy_coreset(z, keep, start=start, block_size=self.block_size)
+        if keep >= n:
+            local = torch.arange(n, device=z.device)
+        else:
+            start = _start_distances(z, self.num_starts, self.gen)
+            local = greedy_coreset(z, keep, start=start, block_size=self.block_size)
         self.kept_index.append(local + self.seen)
         self.kept_z.append(z[local.to(z.device)].clone())
         self.seen += n

@@ -4,8 +4,10 @@ PatchCore needs every training patch as a coreset candidate: 784 patches x 1024 
 224-pixel image, i.e. 3.2 MB per image in float32, 32 GB for a 10,000-image MIAD category.
 ``EmbeddingStore`` appends embeddings batch by batch as float16 to a flat file in the job's
 scratch folder (``RunContext.workdir``; a private temp folder otherwise) and gives them back as
-a read-only ``np.memmap``: the OS pages it in and out, so resident memory stays bounded by what
-the coreset sampler reads at a time (one chunk), not by N. float16 keeps 3 significant digits,
+a ``SpilledArray``: slicing or fancy-indexing it maps just the rows asked for, copies them and
+unmaps again. (A single ``np.memmap`` over the whole file would keep every page it ever touched
+mapped, and those pages count in the process's resident set: 16 GB for 10,000 images.) So
+resident memory stays bounded by what the coreset sampler reads at a time (one chunk), not N. float16 keeps 3 significant digits,
 far below the spread of patch distances that the coreset and nearest-neighbour steps compare.
 Small sets (below ``spill_bytes``) stay in RAM as float16 chunks.
 """
@@ -67,14 +69,14 @@ class EmbeddingStore:
         else:
             self._chunks.append(x)
 
-    def array(self) -> np.ndarray:
-        """All embeddings, [N, D] float16 (a read-only memmap once spilled)."""
+    def array(self):
+        """All embeddings, [N, D] float16: an ndarray, or a ``SpilledArray`` once spilled."""
         if self._file is not None:
             self._file.flush()
             self._file.close()
             self._file = None
         if self.path is not None:
-            return np.memmap(self.path, dtype=np.float16, mode="r", shape=(self.count, self.dim))
+            return SpilledArray(self.path, self.count, self.dim)
         if not self._chunks:
             return np.empty((0, self.dim), dtype=np.float16)
         if len(self._chunks) > 1:
@@ -91,3 +93,55 @@ class EmbeddingStore:
         if self._own_dir:
             shutil.rmtree(self._own_dir, ignore_errors=True)
         self._chunks = []
+
+
+class SpilledArray:
+    """Read-only [N, D] float16 rows in a flat file; indexing returns in-memory copies.
+
+    Supports ``a[i:j]`` (slices with step 1) and ``a[int_array]``; each access maps only the
+    span it needs and unmaps it before returning, so pages never pile up in the resident set.
+    """
+
+    dtype = np.dtype(np.float16)
+
+    def __init__(self, path: Path, count: int, dim: int):
+        self.path = Path(path)
+        self.shape = (int(count), int(dim))
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _rows(self, start: int, stop: int) -> np.ndarray:
+        n, d = self.shape
+        start, stop = max(0, start), min(n, stop)
+        if stop <= start:
+            return np.empty((0, d), dtype=np.float16)
+        view = np.memmap(self.path, dtype=np.float16, mode="r", offset=start * d * 2, shape=(stop - start, d))
+        out = np.array(view)
+        del view
+        return out
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.shape[0])
+            if step != 1:
+                raise IndexError("SpilledArray supports step-1 slices only")
+            return self._rows(start, stop)
+        idx = np.asarray(key, dtype=np.int64).reshape(-1)
+        if idx.size == 0:
+            return np.empty((0, self.shape[1]), dtype=np.float16)
+        if idx.min() < 0 or idx.max() >= self.shape[0]:
+            raise IndexError("SpilledArray index out of range")
+        order = np.argsort(idx, kind="stable")
+        out = np.empty((idx.size, self.shape[1]), dtype=np.float16)
+        span = 65536  # rows mapped at a time
+        pos = 0
+        sorted_idx = idx[order]
+        while pos < sorted_idx.size:
+            lo = int(sorted_idx[pos])
+            end = int(np.searchsorted(sorted_idx, lo + span, side="left"))
+            block = self._rows(lo, int(sorted_idx[end - 1]) + 1)
+            out[order[pos:end]] = block[sorted_idx[pos:end] - lo]
+            pos = end
+        return out
