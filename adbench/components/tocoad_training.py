@@ -1,0 +1,313 @@
+"""ToCoAD's two training stages (Liang et al., seed 002, Sec. 3.1-3.2), independent of scoring.
+
+``ToCoADTrainer`` owns one trainable extractor F (an adbench ``Backbone`` over the union of the
+layers every part needs: D's input, the contrastive layers, the memory-bank layers), the
+discriminative network D and the contrastive heads C, and runs
+
+* stage I, DNP (``fit_dnp``): F frozen; every training image goes through the anomaly
+  generator G (slight random rotation, then a random multiple of 90 degrees, then a synthetic
+  anomaly); D segments it from F's features; focal loss (eq. 2); Adam, step decay;
+* stage II, NCL (``fit_ncl``): D frozen (weights and batch-norm statistics); F and C trained
+  with ``lambda * L_sym + (1 - lambda) * L_neg`` (eq. 6), L_sym the symmetric SimSiam loss of
+  two views (eq. 3-5), L_neg the focal loss of the frozen D on fresh synthetic anomalies seen
+  through the *current* F; SGD with momentum, weight decay and a cosine schedule.
+
+The method module (``methods/tocoad.py``) then builds the PatchCore memory bank on F.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from adbench.components.backbone import Backbone
+from adbench.components.losses import focal_loss
+from adbench.components.synth import (TextureSource, cutmix, cutpaste, nsa_patch, numpy_rng,
+                                      perlin_texture_anomaly)
+from adbench.components.tocoad_networks import DiscriminativeNet, SiameseHeads, ema_update
+from adbench.errors import ConfigError
+
+
+def parse_ratio(text: str) -> tuple[int, int]:
+    """``"1:1"`` -> (1, 1): synthetic : normal share of a training batch (seed 000 Table 1)."""
+    try:
+        a, b = (int(s) for s in str(text).split(":"))
+    except ValueError:
+        raise ConfigError(f"--set synthetic_ratio={text!r}: expected two integers like 1:1") from None
+    if a < 0 or b < 0 or a + b == 0 or a == 0:
+        raise ConfigError(f"--set synthetic_ratio={text!r}: the synthetic share must be > 0")
+    return a, b
+
+
+class AnomalyGenerator:
+    """G of Fig. 3: rotate the base image (slight angle, then k x 90 degrees), add an anomaly.
+
+    kind: ``perlin`` (Perlin mask filled from a texture source: the paper's default), ``cutpaste``
+    (CutPaste patch of the same image, Table 7), ``nsa`` (NSA-style Poisson-blended patch from
+    another training image, Table 7), ``patch`` (seed 000: a box from the same or another image
+    with colour jitter or pepper noise). ``synthetic_share``: probability that a sample gets an
+    anomaly (1.0 = eq. 1, every image; seed 000's 1:1 is 0.5). Masks are bool [H, W].
+    """
+
+    def __init__(self, kind: str = "perlin", texture: Optional[TextureSource] = None,
+                 rotate_degrees: float = 10.0, rotate90: bool = True, synthetic_share: float = 1.0,
+                 patch_source: str = "same", patch_transform: str = "jitter", beta_max: float = 0.8):
+        if kind not in ("perlin", "cutpaste", "nsa", "patch"):
+            raise ConfigError(f"--set generator={kind!r}: expected perlin, cutpaste, nsa or patch")
+        self.kind, self.texture = kind, texture or TextureSource(None)
+        self.rotate_degrees, self.rotate90 = float(rotate_degrees), bool(rotate90)
+        self.synthetic_share = float(synthetic_share)
+        self.patch_source, self.patch_transform, self.beta_max = patch_source, patch_transform, beta_max
+
+    def rotate(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Batched: each image turned by U(-rotate_degrees, rotate_degrees) degrees (bilinear,
+        zero fill, kornia), then by a random multiple of 90 degrees."""
+        from kornia.geometry.transform import rotate
+
+        n = images.shape[0]
+        if self.rotate_degrees > 0:
+            angles = torch.from_numpy(rng.uniform(-self.rotate_degrees, self.rotate_degrees, n).astype(np.float32))
+            images = rotate(images, angles.to(images.device))
+        if self.rotate90:
+            turns = rng.integers(4, size=n)
+            images = torch.stack([torch.rot90(img, int(k), dims=(-2, -1)) for img, k in zip(images, turns)])
+        return images
+
+    def anomaly(self, image: torch.Tensor, other: torch.Tensor, rng: np.random.Generator):
+        if self.kind == "perlin":
+            tex = self.texture.sample(tuple(image.shape[-2:]), rng)
+            return perlin_texture_anomaly(image, tex, rng, beta_range=(0.0, self.beta_max), nonempty=True)
+        if self.kind == "cutpaste":
+            return cutpaste(image, rng)
+        if self.kind == "nsa":
+            return nsa_patch(image, rng, source=other)
+        if self.patch_source == "other":
+            return cutmix(image, other, rng, patch_transform=self.patch_transform)
+        return cutpaste(image, rng, patch_transform=self.patch_transform)
+
+    def __call__(self, images: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """images float [B, 3, H, W] in [0, 1] -> (augmented images, masks bool [B, H, W])."""
+        rng = numpy_rng(generator)
+        base = self.rotate(images.float(), rng).clamp(0.0, 1.0)
+        out, masks = [], []
+        n = base.shape[0]
+        for i in range(n):
+            img = base[i]
+            if rng.random() < self.synthetic_share:
+                img, mask = self.anomaly(img, base[int(rng.integers(n))], rng)
+            else:
+                mask = torch.zeros(img.shape[-2:], dtype=torch.bool)
+            out.append(img)
+            masks.append(mask)
+        return torch.stack(out), torch.stack(masks)
+
+
+class SimSiamViews:
+    """The paper's augmentation set S (Sec. 3.2: random crop, colour jitter, grayscale) with
+    SimSiam's parameters: random resized crop, scale (0.2, 1), back to the input size; colour
+    jitter 0.4/0.4/0.4/0.1 with p 0.8; grayscale with p 0.2. Batched with per-sample parameters
+    (kornia), driven by torch's global generator (seeded by the runner)."""
+
+    def __init__(self, size: tuple[int, int]):
+        import kornia.augmentation as K
+
+        self.aug = torch.nn.Sequential(
+            K.RandomResizedCrop(tuple(size), scale=(0.2, 1.0)),
+            K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
+            K.RandomGrayscale(p=0.2),
+        )
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.aug(images).clamp(0.0, 1.0)
+
+
+class ToCoADTrainer:
+    """F, D and C plus the two training stages. ``cfg`` is a ``ToCoADConfig``."""
+
+    def __init__(self, cfg, *, weights=None, allow_random_fallback: bool = False,
+                 device: torch.device = torch.device("cpu"), seed: int = 0, progress: bool = False):
+        self.cfg, self.device, self.progress = cfg, device, progress
+        self.gen = torch.Generator().manual_seed(int(seed))
+        self.rng = np.random.default_rng(int(seed))
+        self.union = tuple(sorted(set(cfg.layers) | set(cfg.dnp_layers) | set(cfg.contrastive_layers)))
+        self.F = Backbone(cfg.backbone, self.union, weights=weights, frozen=False,
+                          allow_random_fallback=allow_random_fallback).to(device)
+        self.F.eval()  # batch-norm statistics stay ImageNet's in every stage (see fit_ncl)
+        idx = {layer: i for i, layer in enumerate(self.F.layer_indices)}
+        self.pick_dnp = [idx[layer] for layer in sorted(cfg.dnp_layers)]
+        self.pick_cl = [idx[layer] for layer in sorted(cfg.contrastive_layers)]
+        self.pick_bank = [idx[layer] for layer in sorted(cfg.layers)]
+        self.D = DiscriminativeNet([self.F.channels[i] for i in self.pick_dnp], width=cfg.dnp_width).to(device)
+        self.C = SiameseHeads([self.F.channels[i] for i in self.pick_cl], dim=cfg.proj_dim,
+                              concat=cfg.contrastive_concat, mode=cfg.contrastive, ema=cfg.byol_ema).to(device)
+        self.views: Optional[SimSiamViews] = None
+        self.F_target = None  # BYOL's EMA copy of F, made when stage II starts
+        texture = TextureSource(cfg.anomaly_source) if cfg.anomaly_source else TextureSource(None)
+        a, b = parse_ratio(cfg.synthetic_ratio)
+        self.G = AnomalyGenerator(cfg.generator, texture, cfg.rotate_degrees, cfg.rotate90, a / (a + b),
+                                  cfg.patch_source, cfg.patch_transform)
+        self.history: dict[str, list[float]] = {"dnp_loss": [], "ncl_loss": [], "ncl_sym": [], "ncl_neg": [],
+                                                "dnp_epoch_s": [], "ncl_epoch_s": []}
+
+    # --- shared pieces ---------------------------------------------------------------------
+    def set_extractor_trainable(self, trainable: bool) -> None:
+        for p in self.F.model.parameters():
+            p.requires_grad_(trainable)
+
+    def segment_loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Eq. 2: focal loss (gamma from the config); ``neg_loss=ce`` gives cross-entropy."""
+        gamma = self.cfg.focal_gamma if self.cfg.neg_loss == "focal" else 0.0
+        return focal_loss(logits, masks, gamma=gamma)
+
+    def discriminate(self, feats: Sequence[torch.Tensor], size) -> torch.Tensor:
+        return self.D([feats[i] for i in self.pick_dnp], size)
+
+    @torch.no_grad()
+    def segment(self, images: torch.Tensor) -> torch.Tensor:
+        """D's anomaly probability [B, H, W] for images in [0, 1] (diagnostics and tests)."""
+        self.D.eval()
+        feats = self.F(images.to(self.device))
+        return self.discriminate(feats, images.shape[-2:]).softmax(dim=1)[:, 1]
+
+    def _batches(self, n: int, steps: Optional[int]):
+        order = torch.randperm(n, generator=self.gen)
+        bs = int(self.cfg.batch_size)
+        starts = list(range(0, n, bs))
+        if steps is not None:
+            starts = starts[: max(1, int(steps))]
+        for s in starts:
+            idx = order[s : s + bs]
+            if len(idx) >= 2:  # batch-norm in D / C needs two samples
+                yield idx
+
+    @staticmethod
+    def _float(images_u8: torch.Tensor) -> torch.Tensor:
+        return images_u8.float() / 255.0 if images_u8.dtype == torch.uint8 else images_u8.float()
+
+    # --- stage I: discriminative network pre-training ---------------------------------------
+    def fit_dnp(self, images: torch.Tensor, epochs: Optional[int] = None, log: Callable = print) -> None:
+        """Train D on synthetic anomalies with F frozen. ``images``: uint8/float [N, 3, H, W]."""
+        cfg = self.cfg
+        epochs = cfg.dnp_epochs if epochs is None else epochs
+        self.set_extractor_trainable(False)
+        opt = torch.optim.Adam(self.D.parameters(), lr=cfg.dnp_lr)
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(m) for m in cfg.dnp_milestones], cfg.dnp_gamma)
+        self.D.train()
+        for epoch in tqdm(range(epochs), desc="ToCoAD stage I (DNP)", disable=not self.progress):
+            t0, losses = time.perf_counter(), []
+            for idx in self._batches(len(images), cfg.steps_per_epoch):
+                x, m = self.G(self._float(images[idx]), self.rng)
+                x, m = x.to(self.device), m.to(self.device)
+                with torch.no_grad():
+                    feats = self.F(x)
+                loss = self.segment_loss(self.discriminate(feats, x.shape[-2:]), m)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            sched.step()
+            self.history["dnp_loss"].append(float(np.mean(losses)) if losses else float("nan"))
+            self.history["dnp_epoch_s"].append(time.perf_counter() - t0)
+        opt.zero_grad(set_to_none=True)
+        self.D.eval()
+
+    # --- stage II: negative-guided contrastive learning -------------------------------------
+    def ncl_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.F.model.parameters()) + [p for p in self.C.parameters() if p.requires_grad]
+
+    def ncl_losses(self, x: torch.Tensor, with_neg: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_sym, L_neg) of one batch of normal images ``x`` (float, on the device).
+        ``with_neg=False`` (NCL without DNP) skips the synthetic anomalies; L_neg is then 0."""
+        if self.views is None:
+            self.views = SimSiamViews(tuple(x.shape[-2:]))
+        v1, v2 = self.views(x), self.views(x)
+        groups = [v1, v2]
+        if with_neg:
+            syn, masks = self.G(x.cpu(), self.rng)
+            syn, masks = syn.to(self.device), masks.to(self.device)
+            groups.append(syn)
+        b = x.shape[0]
+        # F keeps its batch-norm in eval mode, so one forward of the three groups equals three.
+        feats = self.F(torch.cat(groups))
+        f1 = [feats[i][:b] for i in self.pick_cl]
+        f2 = [feats[i][b : 2 * b] for i in self.pick_cl]
+        t1 = t2 = None
+        if self.F_target is not None:
+            with torch.no_grad():
+                tf = self.F_target(torch.cat([v1, v2]))
+            t1, t2 = [tf[i][:b] for i in self.pick_cl], [tf[i][b:] for i in self.pick_cl]
+        l_sym = self.C.loss(f1, f2, t1, t2)
+        if not with_neg:
+            return l_sym, torch.zeros((), device=self.device)
+        l_neg = self.segment_loss(self.discriminate([f[2 * b :] for f in feats], syn.shape[-2:]), masks)
+        return l_sym, l_neg
+
+    def fit_ncl(self, images: torch.Tensor, epochs: Optional[int] = None, lam: Optional[float] = None) -> None:
+        """Fine-tune F jointly with C under the frozen D's guidance (eq. 6). ``lam`` defaults
+        to the config's lambda; ``lam=1`` is NCL without D (L_sym only).
+
+        D: ``requires_grad=False`` and eval mode, so neither its weights nor its batch-norm
+        statistics move; gradients still flow *through* it into F. F's batch-norm layers stay
+        in eval mode (ImageNet statistics; their affine parameters train): with batch 16 and
+        three differently distributed groups per step (two views, synthetic anomalies) batch
+        statistics would be noisy, and the memory bank must see the same normalisation as
+        training did. The paper does not say; this is our choice.
+        """
+        cfg = self.cfg
+        epochs = cfg.ncl_epochs if epochs is None else epochs
+        for p in self.D.parameters():
+            p.requires_grad_(False)
+        self.D.eval()
+        if cfg.contrastive == "byol" and self.F_target is None:
+            import copy
+
+            self.F_target = copy.deepcopy(self.F).eval()
+            for p in self.F_target.parameters():
+                p.requires_grad_(False)
+        params = self.ncl_parameters()
+        opt = torch.optim.SGD(params, lr=cfg.ncl_lr, momentum=cfg.ncl_momentum, weight_decay=cfg.ncl_weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+        lam = float(cfg.lam if lam is None else lam)
+        for epoch in tqdm(range(epochs), desc="ToCoAD stage II (NCL)", disable=not self.progress):
+            # seed 000's extension: extractor frozen for the first freeze_epochs epochs
+            self.set_extractor_trainable(epoch >= cfg.freeze_epochs)
+            self.C.train()
+            self.F.eval()
+            t0, tot, sym, neg = time.perf_counter(), [], [], []
+            for idx in self._batches(len(images), cfg.steps_per_epoch):
+                x = self._float(images[idx]).to(self.device)
+                l_sym, l_neg = self.ncl_losses(x, with_neg=lam < 1.0)
+                loss = lam * l_sym + (1.0 - lam) * l_neg
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if self.F_target is not None:
+                    ema_update(self.F_target, self.F, cfg.byol_ema)
+                    self.C.update_target()
+                tot.append(loss.item()); sym.append(l_sym.item()); neg.append(l_neg.item())
+            sched.step()
+            for key, vals in (("ncl_loss", tot), ("ncl_sym", sym), ("ncl_neg", neg)):
+                self.history[key].append(float(np.mean(vals)) if vals else float("nan"))
+            self.history["ncl_epoch_s"].append(time.perf_counter() - t0)
+        self.set_extractor_trainable(False)
+        self.C.eval()
+        self.F.eval()
+
+    @torch.no_grad()
+    def projector_spread(self, images: torch.Tensor, augment: bool = True) -> list[float]:
+        """Per head: mean over dimensions of the std of l2-normalised projector outputs
+        (SimSiam's collapse diagnostic, its Fig. 2: ~1/sqrt(d) when healthy, 0 when collapsed),
+        measured on SimSiam views of ``images`` (what C is trained on) with C in eval mode."""
+        self.C.eval()
+        x = self._float(images).to(self.device)
+        if augment:
+            x = SimSiamViews(tuple(x.shape[-2:]))(x)
+        feats = self.F(x)
+        zs = self.C.project([feats[i] for i in self.pick_cl])
+        return [float(F.normalize(z, dim=1).std(dim=0).mean()) for z in zs]
