@@ -80,6 +80,7 @@ class LocalExecutor:
 def _child_main(job_dict: dict[str, Any], conn, environ: dict[str, str], sys_path: list[str]) -> None:
     from adbench.worker import run_job_catching
 
+    _die_with_run(conn)
     os.environ.clear()
     os.environ.update(environ)
     try:
@@ -88,6 +89,30 @@ def _child_main(job_dict: dict[str, Any], conn, environ: dict[str, str], sys_pat
         os._exit(130)
     conn.send(records)
     conn.close()
+
+
+def _die_with_run(conn) -> None:
+    """SIGKILL this job when the run that waits for it is gone (``kill -9 <cli pid>``).
+
+    The result pipe's read end lives only in the run's process; when that process dies, the
+    write end held here reports an error to poll(). (The forkserver cannot serve as the signal:
+    every job it forks holds its liveness pipe open, so it outlives a killed run while jobs do.)
+    """
+    import select
+    import threading
+
+    if not hasattr(select, "poll"):
+        return
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLERR | select.POLLHUP)
+        while True:
+            for _fd, event in poller.poll():
+                if event & (select.POLLERR | select.POLLHUP):
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="adbench-run-watch", daemon=True).start()
 
 
 def _stop(proc) -> None:

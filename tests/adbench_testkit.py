@@ -11,6 +11,7 @@ hit failure paths at a deterministic point instead of guessing timings:
 * ``ADBENCH_KIT_DIE_ON=<cat>``: fit SIGKILLs only its own process (what the OOM killer does)
 * ``ADBENCH_KIT_FAIL_ON=<cat>``: fit raises
 * ``ADBENCH_KIT_INT_ON=<cat>``: fit sends SIGINT to its process group (Ctrl-C)
+* ``ADBENCH_KIT_HANG_ON=<cat>``: fit writes its pid to ``$ADBENCH_KIT_PIDFILE`` and sleeps
 * ``ADBENCH_KIT_NAN_ON=<cat>``: predict returns NaN scores
 * ``ADBENCH_KIT_BADSHAPE_ON=<cat>``: predict returns maps of the wrong size
 """
@@ -72,6 +73,9 @@ class KitMean(Detector):
             os.kill(os.getpid(), signal.SIGKILL)
         if _triggered("ADBENCH_KIT_FAIL_ON", cats):
             raise RuntimeError("deliberate failure in fit")
+        if _triggered("ADBENCH_KIT_HANG_ON", cats):  # announce our pid, then train "forever"
+            Path(os.environ["ADBENCH_KIT_PIDFILE"]).write_text(str(os.getpid()))
+            time.sleep(120)
         if _triggered("ADBENCH_KIT_INT_ON", cats):  # what Ctrl-C does: SIGINT to the group
             os.killpg(os.getpgid(0), signal.SIGINT)
             time.sleep(30)

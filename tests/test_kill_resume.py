@@ -61,3 +61,46 @@ def test_ctrl_c_keeps_finished_jobs(tmp_path):
     assert "interrupted: finished jobs are stored" in out.stderr and "Traceback" not in out.stderr
     files = [p.name for p in results.rglob("*") if p.is_file()]
     assert len(files) == 1 and files[0].startswith("obj_b__"), files
+
+
+def test_job_dies_with_its_run(tmp_path):
+    """kill -9 of the CLI process alone (not its group): the job it started must not live on."""
+    import time
+
+    data = adbench_testkit.make_kit_data(tmp_path / "data", categories=("obj_b",))
+    pidfile = tmp_path / "job.pid"
+    cmd = [sys.executable, str(REPO / "cli.py"), "run", "--plugin", "adbench_testkit", "--method", "kit_mean",
+           "--dataset", "kitgen", "--data-root", str(data), "--results", str(tmp_path / "res"), "-q"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "ADBENCH_KIT_HANG_ON": "obj_b",
+           "ADBENCH_KIT_PIDFILE": str(pidfile)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not pidfile.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert pidfile.exists(), "the job never reached fit"
+        job_pid = int(pidfile.read_text())
+        proc.kill()
+        proc.wait(30)
+        for _ in range(100):  # the job goes within seconds (forkserver exits, PDEATHSIG follows)
+            if not _alive(job_pid):
+                break
+            time.sleep(0.2)
+        assert not _alive(job_pid), "job process outlived its run"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purpose
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
