@@ -10,6 +10,8 @@ always measured in the ORIGINAL 1024-d space; mean distance printed too):
   flat-loop  PatchCore's approximate greedy (128-d random projection, 10 random starts), plain
              loop: one full matrix-vector pass per pick (what the official code does)
   ours-flat  same selection with lazy block updates (same picks up to float near-ties)
+  ours-1024  lazy block updates with no projection (``coreset_proj_dim=0``): exact greedy
+             k-center in the original space, from PatchCore's 10-random-starts initialisation
   two-level  streaming two-level greedy over chunks (used above ``coreset_flat_max`` patches)
 
     python benchmarks/bench_coreset.py [--images 24] [--ratio 0.1] [--threads 2]
@@ -100,6 +102,7 @@ def main() -> None:
     runs["exact"] = timed(lambda: C.exact_greedy_kcenter(x, k, first=0))
     runs["flat-loop"] = timed(lambda: flat_loop(x, k))
     runs["ours-flat"] = timed(lambda: C.approximate_greedy_coreset(x, k, seed=0))
+    runs["ours-1024"] = timed(lambda: C.approximate_greedy_coreset(x, k, proj_dim=0, seed=0))
     chunk = int(np.ceil(n / args.chunks))
     runs["two-level"] = timed(lambda: C.two_level_coreset(x, args.ratio, chunk_size=chunk, seed=0))
     a, b = set(runs["flat-loop"][0].tolist()), set(runs["ours-flat"][0].tolist())

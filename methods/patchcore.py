@@ -26,6 +26,8 @@ Deviations, all documented choices rather than accidents:
   fraction of its cost. Above ``coreset_flat_max`` candidates (10k-image MIAD categories) it
   switches to a two-level greedy over chunks of ``coreset_chunk`` patches (see coreset.py and
   benchmarks/bench_coreset.py for its coverage radius against flat and exact greedy).
+* Patch scores are Euclidean distances, as in the paper (the official code's faiss scorer
+  returns squared L2; the image ranking is the same, the map's contrast differs slightly).
 * Bank entries are stored as float16 before selection (3 significant digits; patch distances
   differ far more than that).
 * ``quick`` profile: tf_efficientnet_lite0 (real ImageNet weights offline), same layers
@@ -66,7 +68,7 @@ class PatchCoreConfig(MethodConfig):
     pretrain_embed_dim: int = 1024
     target_embed_dim: int = 1024
     coreset_ratio: float = 0.1
-    coreset_proj_dim: int = 128
+    coreset_proj_dim: int = 128  # 0 (or >= embedding dim): no projection, exact greedy k-center
     coreset_starts: int = 10
     coreset_mode: Literal["auto", "flat", "two_level", "none"] = "auto"
     coreset_flat_max: int = 1_000_000
