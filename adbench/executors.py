@@ -37,7 +37,9 @@ class LocalExecutor:
             start_method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
         self.context = mp.get_context(start_method)
         if start_method == "forkserver":
-            self.context.set_forkserver_preload(["adbench.preload"])
+            # "__main__" first: like spawn, the server imports the main module, which is what
+            # makes `python cli.py` from a bare checkout map adbench.methods/datasets there too
+            self.context.set_forkserver_preload(["__main__", "adbench.preload"])
 
     def run(self, jobs: Sequence[Job], on_done: OnDone) -> None:
         for job in jobs:

@@ -95,21 +95,25 @@ def test_list_shows_origin_and_capabilities():
     assert "single,unified" in line and "yes" in line
 
 
-def test_cli_py_works_from_a_bare_checkout():
-    """Without the editable install's import hook, cli.py maps methods/ and datasets/ itself."""
+def test_cli_py_works_from_a_bare_checkout(tmp_path):
+    """``python cli.py run`` without the editable install: ``-S`` skips site (so no .pth import
+    hook), site-packages is added as a plain path for the dependencies only. Job processes
+    inherit ``-S``, so they must get the methods/datasets mapping from cli.py as well."""
+    import sysconfig
+
+    data = adbench_testkit.make_kit_data(tmp_path / "data", categories=("obj_b",))
+    purelib = sysconfig.get_paths()["purelib"]
     code = (
         "import sys, runpy\n"
-        "sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in repr(f)]\n"
-        f"runpy.run_path({str(REPO / 'cli.py')!r}, run_name='shim')\n"
-        "import adbench, adbench.methods, adbench.datasets\n"
-        "print(adbench.__file__); print(adbench.methods.__path__[0]); print(adbench.datasets.__path__[0])\n"
-        "from adbench.cli import main\n"
-        "main(['list', 'datasets'], standalone_mode=False)\n"
+        f"sys.path += [{purelib!r}, {str(REPO / 'tests')!r}]\n"
+        "sys.argv = ['cli.py', 'run', '--plugin', 'adbench_testkit', '--method', 'kit_mean', '--dataset', 'kitgen',"
+        f" '--data-root', {str(data)!r}, '--results', {str(tmp_path / 'res')!r}, '-q']\n"
+        f"runpy.run_path({str(REPO / 'cli.py')!r}, run_name='__main__')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         cwd="/", env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=str(tmp_path), env=env)
     assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    assert lines[0] == str(REPO / "adbench" / "__init__.py")
-    assert lines[1] == str(REPO / "methods") and lines[2] == str(REPO / "datasets")
-    assert "dataset" in lines[3] and "origin" in lines[3]
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "res").rglob("*.json")]
+    assert record["status"] == "ok", record["error"]
+    assert "| obj_b" in out.stdout
