@@ -124,7 +124,8 @@ def build_tables(records: Iterable[dict[str, Any]], metrics: Iterable[str] = DEF
 
 
 def _one_table(dataset: str, metric: str, sub: pd.DataFrame, labels: dict, decimals: int) -> Table:
-    notes: list[str] = []
+    notes: list[str] = []  # numbered, referenced by [k] markers
+    general: list[str] = []  # about the whole table
 
     def note(text: str) -> str:
         if text not in notes:
@@ -200,8 +201,8 @@ def _one_table(dataset: str, metric: str, sub: pd.DataFrame, labels: dict, decim
                                   .dropna().unique()) for s in settings}
         distinct = {g for gs in geos.values() for g in gs}
         if len(distinct) > 1:
-            note("pixel metrics at different evaluation geometries: "
-                 + "; ".join(f"{c}: {', '.join(g)}" for c, g in geos.items()))
+            general.append("pixel metrics at different evaluation geometries: "
+                           + "; ".join(f"{c}: {', '.join(g)}" for c, g in geos.items()))
 
     rows = categories + [g[0] for g in groups]
     columns = {}
@@ -210,13 +211,16 @@ def _one_table(dataset: str, metric: str, sub: pd.DataFrame, labels: dict, decim
         head = col + (" " + cells[col].pop("__label_note__") if "__label_note__" in cells[col] else "")
         columns[head] = [cells[col].get(r, "") for r in rows]
     frame = pd.DataFrame(columns, index=pd.Index(rows, name="category"))
-    profiles = sorted(sub.loc[sub["status"] == "ok", "profile"].dropna().unique())
+    ok = sub[sub["status"] == "ok"]
+    profiles = sorted(ok["profile"].dropna().unique())
     if len(profiles) == 1:
-        notes.insert(0, f"profile: {profiles[0]}")
-        # markers count from 1 on the other notes; the profile line carries no marker
-        notes_out = [notes[0]] + [f"[{i}] {n}" for i, n in enumerate(notes[1:], 1)]
-    else:
-        notes_out = [f"[{i}] {n}" for i, n in enumerate(notes, 1)]
+        general.insert(0, f"profile: {profiles[0]}")
+    elif len(profiles) > 1:
+        per_col = {labels[s]: ",".join(sorted(ok.loc[ok["setting"] == s, "profile"].dropna().unique()))
+                   for s in settings}
+        general.insert(0, "profiles differ between columns: " + "; ".join(f"{c}: {p}" for c, p in per_col.items()))
+    # table-wide notes carry no marker; numbered ones are referenced from cells and headers
+    notes_out = general + [f"[{i}] {n}" for i, n in enumerate(notes, 1)]
     return Table(dataset=dataset, metric=metric, frame=frame, footnotes=notes_out)
 
 

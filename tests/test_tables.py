@@ -70,7 +70,8 @@ def test_settings_are_never_mixed():
     assert sorted(t.frame.loc["bottle"]) == ["0.700", "0.900"]
     assert all(c.startswith("u (unified) [") for c in t.frame.columns)
     assert image.frame.loc["bottle", "uniad (unified)"] == "0.900"
-    assert not any(n.startswith("profile:") for n in image.footnotes)  # profiles differ
+    assert not any(n.startswith("profile:") for n in image.footnotes)  # profiles differ...
+    assert "profiles differ between columns: pc [paper]: paper; pc [quick]: quick; uniad: quick" in image.footnotes[0]
     assert any("different evaluation geometries" in n and "resize256-crop224" in n for n in pixel.footnotes)
 
 
