@@ -34,6 +34,8 @@ Our choices where the paper is silent (the official code is TensorFlow, not cons
 * input translation up to ``translate`` (10 %) of the side with reflect padding, input colour
   jitter ``input_jitter`` = 0.1 (brightness, contrast, saturation, hue);
 * ``batch_size`` counts augmented samples per step (96 = 32 images x 3), as in the paper.
+* ``area_ratio`` and the scar sizes are options (the paper's table 8 varies the patch size);
+  defaults are the paper's.
 """
 from __future__ import annotations
 
@@ -76,6 +78,9 @@ class CutPasteConfig(MethodConfig):
     finetune_lr: float = 1e-4
     freeze_bn: bool = False
     patch_jitter: float = 0.1
+    area_ratio: tuple[float, float] = (0.02, 0.15)
+    scar_width: tuple[int, int] = (2, 16)
+    scar_length: tuple[int, int] = (10, 25)
     input_jitter: float = 0.1
     translate: float = 0.1
     embed_batch_size: int = 32
@@ -189,7 +194,8 @@ class CutPasteTrainer:
         self.config = config
         self.context = context
         self.crop = crop
-        self.sampler = CutPasteSampler(config.mode, jitter=config.patch_jitter)
+        self.sampler = CutPasteSampler(config.mode, jitter=config.patch_jitter, area_ratio=tuple(config.area_ratio),
+                                       scar_width=tuple(config.scar_width), scar_length=tuple(config.scar_length))
         encoder, self.weights_tag = load_encoder(
             config.backbone, config.pretrained, context.weights, allow_fallback=context.profile != "paper" and context.profile != "paper_pretrained"
         )

@@ -1,0 +1,180 @@
+"""CutPaste image and patch level on generated data (random init, small sizes, single thread)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from adbench.config import resolve_config
+from adbench.data import Batch
+from adbench.detector import RunContext
+from adbench.registry import METHODS
+
+CutPaste = METHODS.get("cutpaste")
+CutPastePatch = METHODS.get("cutpaste_patch")
+
+
+def _stripes(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Normal image: sinusoidal stripes of random orientation, phase and colour."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    angle, freq = rng.uniform(0, np.pi), rng.uniform(3, 5)
+    v = 0.5 + 0.4 * np.sin(2 * np.pi * freq * (np.cos(angle) * xx + np.sin(angle) * yy) + rng.uniform(0, 2 * np.pi))
+    colour = rng.uniform(0.4, 1.0, 3)
+    return np.stack([v * c for c in colour]).astype(np.float32)
+
+
+def _defect(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Anomaly: a dark or bright blob."""
+    size = img.shape[-1]
+    yy, xx = np.mgrid[0:size, 0:size]
+    cy, cx = rng.uniform(0.25, 0.75, 2) * size
+    r = rng.uniform(0.08, 0.15) * size
+    mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+    out = img.copy()
+    out[:, mask] = rng.choice([0.02, 0.98])
+    return out, mask
+
+
+def _batches(images, labels=None, masks=None, category="toy", bs=8):
+    out = []
+    for i in range(0, len(images), bs):
+        imgs = torch.from_numpy(np.stack(images[i : i + bs]))
+        n = len(imgs)
+        lab = torch.tensor(labels[i : i + bs]) if labels is not None else torch.zeros(n, dtype=torch.long)
+        b = Batch(images=imgs, labels=lab, paths=[f"{category}/{i + k}.png" for k in range(n)],
+                  categories=[category] * n, defect_types=["x"] * n)
+        if masks is not None:
+            b.masks = torch.from_numpy(np.stack(masks[i : i + bs]))
+        out.append(b)
+    return out
+
+
+def _make(cls, profile="quick", **overrides):
+    base = {"num_threads": 1, "head_dims": (64, 64)}
+    base.update(overrides)
+    cfg = resolve_config(cls.Config, cls.PROFILES, profile, base, method=cls.name)
+    return cls(cfg, RunContext(seed=0, profile=profile, weights="random"))
+
+
+def _auroc(scores, labels) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores))
+
+
+def test_profiles_resolve_and_paper_values():
+    cfg = resolve_config(CutPaste.Config, CutPaste.PROFILES, "paper")
+    assert (cfg.backbone, cfg.pretrained, cfg.mode, cfg.image_size) == ("resnet18", False, "3way", 256)
+    assert (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size) == (0.03, 0.9, 3e-5, 96)
+    assert (cfg.epochs, cfg.steps_per_epoch) == (256, 256)
+    pre = resolve_config(CutPaste.Config, CutPaste.PROFILES, "paper_pretrained")
+    assert (pre.backbone, pre.head_only_epochs, pre.epochs, pre.finetune_lr, pre.freeze_bn, pre.batch_size) == (
+        "efficientnet_b4", 10, 64, 1e-4, True, 24)
+    patch = resolve_config(CutPastePatch.Config, CutPastePatch.PROFILES, "paper")
+    assert (patch.patch_size, patch.test_stride, patch.image_size) == (32, 4, 256)
+    assert CutPaste.produces_maps is False and CutPastePatch.produces_maps is True
+    for cls in (CutPaste, CutPastePatch):
+        for name in cls.PROFILES:
+            resolve_config(cls.Config, cls.PROFILES, name)
+
+
+def _coordinate_image(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Red = x, green = y: every location has its own colour, so any moved patch shows."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    return (np.stack([0.1 + 0.8 * xx, 0.1 + 0.8 * yy, 0.5 + 0 * xx]) * rng.uniform(0.8, 1.0)).astype(np.float32)
+
+
+def test_three_way_training_learns_the_classes():
+    """Cross-entropy falls and the 3 classes are told apart on training data (acc >= 0.8).
+
+    At 48 px the paper's CutPaste boxes (2-15 % of the area) and scars overlap in size, so the
+    test uses larger boxes (area_ratio 0.2-0.35, an option like the paper's table 8 sweep)."""
+    rng = np.random.default_rng(0)
+    train = [_coordinate_image(rng, 48) for _ in range(24)]
+    det = _make(CutPaste, image_size=48, batch_size=24, epochs=1, steps_per_epoch=150, lr=0.1, translate=0.0,
+                input_jitter=0.0, area_ratio=(0.2, 0.35))
+    det.fit(_batches(train))
+    hist = det.trainer.history
+    assert np.mean([h["loss"] for h in hist[-20:]]) < 0.8 * np.mean([h["loss"] for h in hist[:10]])
+    # accuracy of the trained model (eval mode) on freshly augmented training images
+    data = torch.from_numpy(np.stack(train))
+    correct = []
+    with torch.no_grad():
+        det.trainer.net.eval()
+        for seed in range(2):
+            images, labels = det.trainer.sampler(data, np.random.default_rng(100 + seed))
+            correct.append((det.trainer.net(images)[1].argmax(1) == labels).float())
+    acc = float(torch.cat(correct).mean())
+    assert acc >= 0.8, f"3-way accuracy on training data {acc:.2f}"
+    assert "none" in det.record_extras()["maps"]
+
+
+def test_image_level_detects_generated_defects_without_maps():
+    rng = np.random.default_rng(1)
+    train = [_stripes(rng, 48) for _ in range(30)]
+    test, labels = [], []
+    for i in range(24):
+        img = _stripes(rng, 48)
+        if i % 2:
+            img, _ = _defect(img, rng)
+        test.append(img)
+        labels.append(i % 2)
+    det = _make(CutPaste, image_size=48, batch_size=24, epochs=1, steps_per_epoch=20)
+    det.fit(_batches(train))
+    preds = [det.predict(b) for b in _batches(test, labels)]
+    assert all(p.maps is None for p in preds)
+    scores = np.concatenate([p.numpy()[0] for p in preds])
+    assert _auroc(scores, labels) >= 0.75
+
+
+def test_patch_grid_cell_is_the_embedding_of_that_crop():
+    rng = np.random.default_rng(2)
+    train = [_stripes(rng, 64) for _ in range(6)]
+    det = _make(CutPastePatch, image_size=64, test_stride=4, epochs=1, steps_per_epoch=2, batch_size=12,
+                patch_batch_size=37)
+    det.fit(_batches(train))
+    image = torch.from_numpy(np.stack([_stripes(rng, 64), _stripes(rng, 64)]))
+    grid = det.embed_grid(image)
+    assert grid.shape[:3] == (2, 9, 9)  # (64 - 32) / 4 + 1
+    net = det.trainer.net.eval()
+    with torch.no_grad():
+        for b, i, j in [(0, 0, 0), (1, 3, 7), (0, 8, 8), (1, 8, 0)]:
+            crop = image[b : b + 1, :, 4 * i : 4 * i + 32, 4 * j : 4 * j + 32]
+            torch.testing.assert_close(grid[b, i, j], net.embed(crop)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_upsampling_covers_the_image():
+    from adbench.methods.cutpaste_patch import upsample_scores
+
+    flat = upsample_scores(torch.full((1, 57, 57), 3.0), 32, 4, (256, 256), 8.0)
+    assert flat.shape == (1, 256, 256)
+    torch.testing.assert_close(flat, torch.full_like(flat, 3.0))
+    spot = torch.zeros(1, 57, 57)
+    spot[0, 10, 20] = 1.0
+    up = upsample_scores(spot, 32, 4, (256, 256), 8.0)[0]
+    y, x = divmod(int(up.argmax()), 256)
+    assert abs(y - (40 + 15.5)) <= 2 and abs(x - (80 + 15.5)) <= 2  # centre of patch (10, 20)
+    other = upsample_scores(torch.zeros(2, 13, 13), 32, 8, (100, 100), 8.0)
+    assert other.shape == (2, 100, 100)
+
+
+@pytest.mark.parametrize("category,mode", [("bottle", "per_location"), ("carpet", "shared")])
+def test_patch_level_localises_and_picks_gde_mode(category, mode):
+    rng = np.random.default_rng(3)
+    train = [_stripes(rng, 64) for _ in range(12)]
+    test, labels, masks = [], [], []
+    for i in range(8):
+        img, mask = _stripes(rng, 64), np.zeros((64, 64), bool)
+        if i % 2:
+            img, mask = _defect(img, rng)
+        test.append(img), labels.append(i % 2), masks.append(mask)
+    det = _make(CutPastePatch, image_size=64, test_stride=8, epochs=1, steps_per_epoch=5, batch_size=24)
+    det.fit(_batches(train, category=category))
+    assert det.gde_mode_used == mode and det.record_extras()["gde_mode_used"] == mode
+    preds = [det.predict(b) for b in _batches(test, labels, masks, category=category)]
+    maps = torch.cat([torch.as_tensor(p.maps) for p in preds])
+    scores = np.concatenate([p.numpy()[0] for p in preds])
+    assert maps.shape == (8, 64, 64)
+    np.testing.assert_allclose(scores, maps.flatten(1).amax(1).numpy(), rtol=1e-6)
+    m = torch.from_numpy(np.stack(masks))
+    assert _auroc(maps.flatten().numpy(), m.flatten().numpy()) > 0.6
