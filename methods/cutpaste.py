@@ -40,7 +40,6 @@ Our choices where the paper is silent (the official code is TensorFlow, not cons
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass
 from typing import Iterable, Literal, Optional

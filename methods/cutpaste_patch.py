@@ -26,7 +26,6 @@ training images (Ledoit-Wolf of 512-d needs far fewer than the 680k of a full gr
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Iterable, Literal, Optional
 
@@ -36,7 +35,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from adbench.components.gde import GaussianDensity
-from adbench.config import MethodConfig
 from adbench.data import Batch
 from adbench.detector import Detector, Prediction
 from adbench.errors import ConfigError, DataError
