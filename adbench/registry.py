@@ -91,15 +91,22 @@ class Registry:
                 self._current_origin = "builtin"
 
     def load_plugin(self, module: str) -> None:
-        """``--plugin some.module``: import it; its decorators register what it provides."""
-        self.load()
-        self._current_origin = f"plugin {module}"
+        """``--plugin some.module``: import it; its decorators register what it provides.
+
+        A plugin module may register methods and datasets alike, so both registries label
+        what it adds as coming from the plugin.
+        """
+        registries = (METHODS, DATASETS)
+        for registry in registries:
+            registry.load()
+            registry._current_origin = f"plugin {module}"
         try:
             importlib.import_module(module)
         except ImportError as exc:
             raise RegistryError(f"--plugin {module}: cannot import ({exc})") from None
         finally:
-            self._current_origin = "builtin"
+            for registry in registries:
+                registry._current_origin = "builtin"
 
     def _import(self, module: str, origin: str) -> None:
         try:
@@ -160,4 +167,3 @@ def register_dataset(name: str):
 def load_plugins(modules: list[str]) -> None:
     for module in modules:
         METHODS.load_plugin(module)
-        DATASETS.load()
