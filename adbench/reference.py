@@ -1,0 +1,160 @@
+"""Published numbers (``results/reference/*.csv``) and ``adbench table --reference``.
+
+Each CSV holds one source (a paper table, or an official results page) with the columns
+``method, dataset, category, metric, value, source, setting`` (+ ``paper_name``, the method's
+name in the source). ``method`` is our registry name where we implement the method
+(``patchcore``, ``reverse_distillation`` for RD4AD, ``tocoad``...), otherwise the paper's name
+in lower case. ``value`` is a fraction in [0, 1] like our records (the papers print percent).
+``category`` is a dataset category, or ``mean`` / ``texture_mean`` / ``object_mean`` for the
+published averages. One method can have several settings in one source (ToCoAD with the
+CutPaste or the Perlin generator; CutPaste binary, scar and 3-way): ``setting`` tells them apart
+and is part of the row's identity.
+
+The comparison table never puts a number next to another without the setting of both sides:
+each row names our setting (backbone, weights tag, profile, protocol, geometry) and a footnote
+key for the paper's setting. The ``mean`` row compares our mean with the paper's mean *over the
+same categories* (computed from its per-category values); the paper's published all-category
+mean is shown in its own row, since a mean over 1 category is not a mean over 15.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import pandas as pd
+
+REQUIRED_COLUMNS = ("method", "dataset", "category", "metric", "value", "source", "setting")
+MEAN_CATEGORIES = ("mean", "texture_mean", "object_mean")
+IDENTITY = ("method", "dataset", "category", "metric", "source", "setting")
+
+
+def default_dir() -> Path:
+    """``results/reference`` of the checkout this package lives in."""
+    return Path(__file__).resolve().parent.parent / "results" / "reference"
+
+
+def load(directory: Optional[str | Path] = None) -> pd.DataFrame:
+    """All reference CSVs of ``directory`` as one frame (``file`` column added)."""
+    from adbench.errors import DataError
+
+    directory = Path(directory) if directory else default_dir()
+    files = sorted(directory.glob("*.csv"))
+    if not files:
+        raise DataError(f"--reference-dir {directory}: no reference CSV files")
+    frames = []
+    for path in files:
+        frame = pd.read_csv(path, dtype={"category": str}, keep_default_na=False)
+        frame["file"] = path.name
+        frames.append(frame)
+    out = pd.concat(frames, ignore_index=True)
+    out["value"] = pd.to_numeric(out["value"], errors="coerce")
+    return out
+
+
+def validate(frame: pd.DataFrame, known_categories: dict[str, Iterable[str]]) -> list[str]:
+    """Problems of a reference frame (empty when well-formed): columns, ranges, names, duplicates."""
+    from adbench.records import METRIC_KEYS
+
+    problems = []
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        return [f"missing column(s): {', '.join(missing)}"]
+    for i, row in frame.iterrows():
+        where = f"{row.get('file', '?')} row {i}: {row['method']}/{row['dataset']}/{row['category']}"
+        if not (isinstance(row["value"], float) and 0.0 <= row["value"] <= 1.0):
+            problems.append(f"{where}: value {row['value']!r} not a fraction in [0, 1]")
+        if row["metric"] not in METRIC_KEYS:
+            problems.append(f"{where}: unknown metric {row['metric']!r}")
+        cats = known_categories.get(row["dataset"])
+        if cats is None:
+            problems.append(f"{where}: unknown dataset {row['dataset']!r}")
+        elif row["category"] not in set(cats) | set(MEAN_CATEGORIES):
+            problems.append(f"{where}: category {row['category']!r} unknown to the {row['dataset']} adapter")
+        for col in REQUIRED_COLUMNS:
+            if str(row[col]).strip() == "":
+                problems.append(f"{where}: empty {col}")
+    dup = frame[frame.duplicated(list(IDENTITY), keep=False)]
+    for _, row in dup.iterrows():
+        problems.append(f"duplicate: {tuple(row[c] for c in IDENTITY)}")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+def our_setting(record: dict[str, Any]) -> str:
+    config = record.get("config") or {}
+    parts = [
+        f"backbone {config.get('backbone', '-')}",
+        f"weights {record.get('weights_tag') or record.get('weights') or 'default'}",
+        f"profile {record.get('profile')}",
+        f"protocol {record.get('protocol') or 'single'}",
+        f"geometry {record.get('geometry')}",
+    ]
+    return ", ".join(parts)
+
+
+def comparison_tables(records: Iterable[dict[str, Any]], reference: pd.DataFrame,
+                      metrics: Iterable[str], dataset: Optional[str] = None, decimals: int = 3):
+    """One ``tables.Table`` per (dataset, metric) with rows (method, category, ours, paper, diff, settings)."""
+    from adbench.tables import Table
+
+    fmt = f"{{:.{decimals}f}}"
+    ok = [r for r in records if r.get("status") == "ok" and (dataset is None or r.get("dataset") == dataset)]
+    out = []
+    for ds in sorted({r["dataset"] for r in ok}):
+        for metric in metrics:
+            ref = reference[(reference["dataset"] == ds) & (reference["metric"] == metric)]
+            rows, keys, notes = [], {}, []
+
+            def key_of(source: str, setting: str) -> str:
+                if (source, setting) not in keys:
+                    keys[(source, setting)] = f"R{len(keys) + 1}"
+                    notes.append(f"[R{len(keys)}] {source}: {setting}")
+                return keys[(source, setting)]
+
+            # our settings: (method, setting text) -> {category: [values over seeds]}
+            ours: dict[tuple[str, str], dict[str, list[float]]] = {}
+            for r in ok:
+                if r["dataset"] != ds:
+                    continue
+                value = (r.get("metrics") or {}).get(metric)
+                if value is None:
+                    continue
+                ours.setdefault((r["method"], our_setting(r)), {}).setdefault(r["category"], []).append(float(value))
+            for (method, setting), per_cat in sorted(ours.items()):
+                mref = ref[ref["method"] == method]
+                if mref.empty:
+                    continue
+                cats = sorted(per_cat)
+                means = {c: sum(v) / len(v) for c, v in per_cat.items()}
+                for (source, psetting), group in mref.groupby(["source", "setting"], sort=True):
+                    k = key_of(source, psetting)
+                    pvals = dict(zip(group["category"], group["value"]))
+                    for c in cats:
+                        if c in pvals:
+                            rows.append(_row(method, c, means[c], pvals[c], setting, k, fmt))
+                    if len(cats) > 1 or any(c in pvals for c in cats):
+                        have = [c for c in cats if c in pvals]
+                        if len(have) == len(cats) and len(cats) > 1:
+                            rows.append(_row(method, f"mean of our {len(cats)} categories",
+                                             sum(means[c] for c in cats) / len(cats),
+                                             sum(pvals[c] for c in cats) / len(cats), setting, k, fmt))
+                    if "mean" in pvals:
+                        n_paper = len([c for c in pvals if c not in MEAN_CATEGORIES]) or "all"
+                        rows.append({"method": method, "category": f"paper mean ({n_paper} categories)",
+                                     "ours": (fmt.format(sum(means.values()) / len(means)) + f" ({len(cats)} cat)"),
+                                     "paper": fmt.format(pvals["mean"]), "diff": "not comparable" if len(cats) < 5 else
+                                     f"{sum(means.values()) / len(means) - pvals['mean']:+.{decimals}f}",
+                                     "our setting": setting, "paper setting": k})
+            if not rows:
+                continue
+            frame = pd.DataFrame(rows).set_index("method")
+            notes.insert(0, "diff = ours - paper (fractions; x100 for points). Paper values transcribed "
+                            "from results/reference/*.csv; different settings (backbone, weights, epochs, "
+                            "geometry) mean the difference is not the method's reproduction error alone.")
+            out.append(Table(dataset=ds, metric=f"{metric} vs published", frame=frame, footnotes=notes))
+    return out
+
+
+def _row(method, category, ours, paper, setting, key, fmt):
+    return {"method": method, "category": category, "ours": fmt.format(ours), "paper": fmt.format(paper),
+            "diff": f"{ours - paper:+.{len(fmt.format(0.0)) - 2}f}", "our setting": setting, "paper setting": key}
