@@ -143,10 +143,11 @@ class ToCoAD(PatchCore):
             "backbone": "tf_efficientnet_lite0",
             "dnp_width": 64,
             "proj_dim": 256,
-            "dnp_epochs": 3,
+            "batch_size": 8,
+            "dnp_epochs": 2,
             "dnp_milestones": (2,),
             "ncl_epochs": 2,
-            "steps_per_epoch": 6,
+            "steps_per_epoch": 5,
         },
         "convnext": {
             "backbone": "convnext_tiny",
@@ -238,6 +239,13 @@ class ToCoAD(PatchCore):
         return Prediction(scores=scores, maps=maps)
 
     # --- what the record says -----------------------------------------------------------------
+    def num_parameters(self) -> int:
+        """F (through the backbone wrapper) plus the training-only networks D and C."""
+        total = super().num_parameters()
+        if self.trainer is not None:
+            total += sum(p.numel() for m in (self.trainer.D, self.trainer.C) for p in m.parameters())
+        return total
+
     def record_extras(self) -> dict:
         cfg = self.config
         out = dict(super().record_extras())

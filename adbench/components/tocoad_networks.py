@@ -7,8 +7,8 @@ ToCoAD (Liang et al., seed 002) trains two small networks around the feature ext
   feature map with 2 channels with the same dimensions as the input image"). D takes F's
   feature maps of some layers (deepest first), and mirrors F top-down: compress the deepest
   map, upsample x2 to the next shallower grid, concatenate that layer's (compressed) map,
-  fuse with two 3x3 conv-BN-ReLU, and so on; at the shallowest grid a last upsampling to the
-  input size and a 3x3 conv give the 2-channel (normal / anomalous) logits. Widths halve at
+  fuse with two 3x3 conv-BN-ReLU, and so on; at the shallowest grid a 3x3 conv gives the
+  2-channel (normal / anomalous) logits, upsampled bilinearly to the input size. Widths halve at
   every step up, as a ResNet's halve going towards the input. The paper does not say which
   layers feed D; the method config chooses (``dnp_layers``) and records it.
 * ``SiameseHeads`` (C, Sec. 3.2, 4.1 and Fig. 4): per selected layer, adaptive average pooling
@@ -64,8 +64,9 @@ class DiscriminativeNet(nn.Module):
         for lateral, fuse, skip in zip(self.lateral, self.fuse, maps[1:]):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = fuse(torch.cat([x, lateral(skip)], dim=1))
-        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-        return self.head(x)
+        # logits at the shallowest input's grid, upsampled bilinearly to the input size (a 3x3
+        # head at full resolution would cost 16x more at stride 4 and adds no information)
+        return F.interpolate(self.head(x), size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def projector(in_dim: int, dim: int) -> nn.Sequential:

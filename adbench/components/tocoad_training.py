@@ -221,32 +221,33 @@ class ToCoADTrainer:
     def ncl_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.F.model.parameters()) + [p for p in self.C.parameters() if p.requires_grad]
 
-    def ncl_losses(self, x: torch.Tensor, with_neg: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """(L_sym, L_neg) of one batch of normal images ``x`` (float, on the device).
-        ``with_neg=False`` (NCL without DNP) skips the synthetic anomalies; L_neg is then 0."""
+    def sym_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """L_sym (eq. 5, M = 2) of a batch of normal images ``x`` (float, on the device)."""
         if self.views is None:
             self.views = SimSiamViews(tuple(x.shape[-2:]))
         v1, v2 = self.views(x), self.views(x)
-        groups = [v1, v2]
-        if with_neg:
-            syn, masks = self.G(x.cpu(), self.rng)
-            syn, masks = syn.to(self.device), masks.to(self.device)
-            groups.append(syn)
         b = x.shape[0]
-        # F keeps its batch-norm in eval mode, so one forward of the three groups equals three.
-        feats = self.F(torch.cat(groups))
+        # F keeps its batch-norm in eval mode, so one forward of both views equals two.
+        feats = self.F(torch.cat([v1, v2]))
         f1 = [feats[i][:b] for i in self.pick_cl]
-        f2 = [feats[i][b : 2 * b] for i in self.pick_cl]
+        f2 = [feats[i][b:] for i in self.pick_cl]
         t1 = t2 = None
         if self.F_target is not None:
             with torch.no_grad():
                 tf = self.F_target(torch.cat([v1, v2]))
             t1, t2 = [tf[i][:b] for i in self.pick_cl], [tf[i][b:] for i in self.pick_cl]
-        l_sym = self.C.loss(f1, f2, t1, t2)
-        if not with_neg:
-            return l_sym, torch.zeros((), device=self.device)
-        l_neg = self.segment_loss(self.discriminate([f[2 * b :] for f in feats], syn.shape[-2:]), masks)
-        return l_sym, l_neg
+        return self.C.loss(f1, f2, t1, t2)
+
+    def neg_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """L_neg: focal loss of the frozen D on synthetic anomalies of ``x`` seen through F."""
+        syn, masks = self.G(x.cpu(), self.rng)
+        syn, masks = syn.to(self.device), masks.to(self.device)
+        return self.segment_loss(self.discriminate(self.F(syn), syn.shape[-2:]), masks)
+
+    def ncl_losses(self, x: torch.Tensor, with_neg: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_sym, L_neg) of one batch; ``with_neg=False`` (NCL without DNP) gives L_neg = 0."""
+        l_neg = self.neg_loss(x) if with_neg else torch.zeros((), device=self.device)
+        return self.sym_loss(x), l_neg
 
     def fit_ncl(self, images: torch.Tensor, epochs: Optional[int] = None, lam: Optional[float] = None) -> None:
         """Fine-tune F jointly with C under the frozen D's guidance (eq. 6). ``lam`` defaults
@@ -282,10 +283,17 @@ class ToCoADTrainer:
             t0, tot, sym, neg = time.perf_counter(), [], [], []
             for idx in self._batches(len(images), cfg.steps_per_epoch):
                 x = self._float(images[idx]).to(self.device)
-                l_sym, l_neg = self.ncl_losses(x, with_neg=lam < 1.0)
-                loss = lam * l_sym + (1.0 - lam) * l_neg
+                # eq. 6, back-propagated term by term (gradients add up to those of the sum;
+                # peak memory holds one group's activations instead of three)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                l_sym = self.sym_loss(x)
+                (lam * l_sym).backward()
+                if lam < 1.0:
+                    l_neg = self.neg_loss(x)
+                    ((1.0 - lam) * l_neg).backward()
+                else:
+                    l_neg = torch.zeros(())
+                loss = lam * l_sym.detach() + (1.0 - lam) * l_neg.detach()
                 opt.step()
                 if self.F_target is not None:
                     ema_update(self.F_target, self.F, cfg.byol_ema)
