@@ -37,6 +37,13 @@ training features are identical every epoch. They are extracted once and kept in
 fit in ``feature_cache_gb`` (about 43 MB for 209 images with B4 at 224); otherwise they are
 re-extracted from the loader every epoch. Jittering happens after extraction, so the
 cached and the streamed path train the same model up to the batch order.
+
+Cost of the paper profile on this 2-core CPU (efficientnet_b4, random weights, 224 px; measured
+on a few batches while the machine was heavily shared, load average 30-37, so wall times are
+inflated): feature extraction 0.68 CPU-s per image (once), training 1.24-1.37 CPU-s per image
+per epoch (3 steps of batch 8; loss 1.015 -> 0.820 -> 0.696). A bottle-size epoch (209 images)
+is ~260 CPU-s; an earlier wall-clock measurement at lower load (1-12) gave 88.7 s per batch of
+64, i.e. ~290 s per bottle epoch: 500 epochs take ~1.5-2 days here. It needs a GPU.
 """
 from __future__ import annotations
 
@@ -90,10 +97,11 @@ class UniAD(Detector):
     Config = UniADConfig
     PROFILES = {
         "paper": {},
-        # A 2-core CPU budget (bottle ~5 min, magnetic_tile ~15 min on free cores): lite0 has
-        # offline ImageNet weights; a half-width, half-depth transformer (same design: learned
-        # queries, 7x7 neighbour mask, jitter 20) is ~5x cheaper per image; batch 16 and lr 1e-3
-        # give ~10x more, larger steps than the paper's batch 64 / 1e-4 in 10 epochs.
+        # A 2-core CPU budget: lite0 has offline ImageNet weights; a half-width, half-depth
+        # transformer (same design: learned queries, 7x7 neighbour mask, jitter 20) is ~5x
+        # cheaper per image (FLOP count); batch 16 and lr 1e-3 give ~10x more, larger steps than
+        # the paper's batch 64 / 1e-4 in 10 epochs. Estimated ~5 min bottle / ~15 min
+        # magnetic_tile on free cores; see results/ for what was measured under load.
         "quick": {
             "backbone": "tf_efficientnet_lite0", "hidden_dim": 128, "encoder_layers": 2,
             "decoder_layers": 2, "ff_dim": 512, "batch_size": 16, "lr": 1e-3, "epochs": 10,
