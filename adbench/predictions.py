@@ -1,0 +1,125 @@
+"""Saved predictions: a job's test outputs next to its record, so metrics, confidence intervals
+and figures can be recomputed without retraining.
+
+``adbench run --save-predictions`` makes the worker keep, per category, the image scores
+(float64), the anomaly maps (float16: half the disk of float32, and ~3 significant digits is
+more than any ranking metric of a [B, H, W] map needs), the ground-truth masks (bit-packed), the
+labels, defect types and sample paths. The parent writes them as ``<record stem>.npz`` beside
+the record (atomically, like the record) and the record's ``predictions`` field names the file.
+
+``adbench evaluate --results DIR`` recomputes every metric from these files with the same
+``StreamingEvaluator`` the worker uses and compares with the recorded values: image metrics
+match exactly (same float64 scores), pixel metrics up to the float16 rounding of the maps.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+#: key of the in-memory arrays a worker attaches to a record (never written into the JSON)
+ATTACHED = "_predictions"
+
+
+class Collector:
+    """Accumulates one category's test outputs batch by batch (in the worker)."""
+
+    def __init__(self) -> None:
+        self.scores: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.maps: list[np.ndarray] = []
+        self.masks: list[np.ndarray] = []
+        self.paths: list[str] = []
+        self.defect_types: list[str] = []
+
+    def update(self, scores, labels, maps, masks, paths, defect_types) -> None:
+        self.scores.append(np.asarray(scores, dtype=np.float64).reshape(-1))
+        self.labels.append(np.asarray(labels, dtype=np.int8).reshape(-1))
+        if maps is not None:
+            self.maps.append(np.asarray(maps, dtype=np.float16))
+        if masks is not None:
+            self.masks.append(np.asarray(masks, dtype=bool))
+        self.paths.extend(str(p) for p in paths)
+        self.defect_types.extend(str(d) for d in defect_types)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {
+            "scores": np.concatenate(self.scores) if self.scores else np.zeros(0),
+            "labels": np.concatenate(self.labels) if self.labels else np.zeros(0, np.int8),
+            "paths": np.asarray(self.paths, dtype=str),
+            "defect_types": np.asarray(self.defect_types, dtype=str),
+        }
+        if self.maps:
+            out["maps"] = np.concatenate(self.maps)
+        if self.masks:
+            masks = np.concatenate(self.masks)
+            out["masks_packed"] = np.packbits(masks.reshape(-1))
+            out["masks_shape"] = np.asarray(masks.shape, dtype=np.int64)
+        return out
+
+
+def path_for(record_path: str | Path) -> Path:
+    record_path = Path(record_path)
+    return record_path.with_suffix(".npz")
+
+
+def save(record_path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write ``arrays`` beside the record, atomically (temporary file + ``os.replace``)."""
+    path = path_for(record_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.stem}.{os.getpid()}.tmp.npz"
+    try:
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load(record: dict[str, Any]) -> Optional[dict[str, np.ndarray]]:
+    """The saved arrays of a record read from a store (``None`` when it has none)."""
+    name = record.get("predictions")
+    if not name or "_path" not in record:
+        return None
+    path = Path(record["_path"]).parent / name
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        out = {k: data[k] for k in data.files}
+    if "masks_packed" in out:
+        shape = tuple(int(s) for s in out.pop("masks_shape"))
+        out["masks"] = np.unpackbits(out.pop("masks_packed"), count=int(np.prod(shape))).reshape(shape).astype(bool)
+    return out
+
+
+def recompute(arrays: dict[str, np.ndarray], fpr_limit: float = 0.3, batch: int = 32) -> dict[str, Any]:
+    """Metrics of saved predictions, through the worker's evaluator (fed in the same batches)."""
+    from adbench.metrics import StreamingEvaluator
+
+    evaluator = StreamingEvaluator(fpr_limit=fpr_limit)
+    n = len(arrays["scores"])
+    maps, masks = arrays.get("maps"), arrays.get("masks")
+    for i in range(0, n, batch):
+        sl = slice(i, i + batch)
+        evaluator.update(scores=arrays["scores"][sl], labels=arrays["labels"][sl].astype(np.int64),
+                         defect_types=list(arrays["defect_types"][sl]),
+                         maps=None if maps is None else maps[sl].astype(np.float32),
+                         masks=None if masks is None else masks[sl])
+    result = evaluator.compute()
+    return result.to_dict() if hasattr(result, "to_dict") else dict(result)
+
+
+def compare(record: dict[str, Any], arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Rows (metric, recorded, recomputed, abs diff) for every metric with a recorded value."""
+    values = (recompute(arrays).get("values") or {})
+    rows = []
+    for metric, recorded in sorted((record.get("metrics") or {}).items()):
+        again = values.get(metric)
+        if recorded is None and (again is None or not np.isfinite(again)):
+            continue
+        diff = None if recorded is None or again is None else abs(float(again) - float(recorded))
+        rows.append({"metric": metric, "recorded": recorded, "recomputed": again, "abs_diff": diff})
+    return rows
