@@ -72,3 +72,25 @@ def test_comparison_shows_both_settings(frame):
     assert "backbone tf_efficientnet_lite0" in row["our setting"] and "geometry resize256-crop224" in row["our setting"]
     note = next(n for n in table.footnotes if n.startswith(f"[{row['paper setting']}]"))
     assert "wide_resnet50_2" in note and "coreset 10%" in note
+
+
+def test_table_reference_on_committed_bottle_records():
+    """The acceptance check: ours vs PatchCore's and CutPaste's published bottle numbers."""
+    from click.testing import CliRunner
+
+    from adbench.cli import main
+
+    results = ref.default_dir().parent
+    have = {p.parent.name for p in (results / "mvtec").glob("*/bottle__*.json")}
+    if not {"patchcore", "cutpaste"} <= have:
+        pytest.skip("committed bottle records of patchcore and cutpaste not present")
+    out = CliRunner().invoke(main, ["table", "--results", str(results), "--dataset", "mvtec", "--reference"])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    pc = [l for l in lines if l.startswith("| patchcore ") and "| bottle " in l]
+    cp = [l for l in lines if l.startswith("| cutpaste ") and "| bottle " in l]
+    assert pc and cp
+    assert any("| 1.000 " in l for l in pc)  # PatchCore official bottle image AUROC 100.0
+    assert any("| 0.983 " in l for l in cp)  # CutPaste 3-way bottle 98.3
+    assert all("profile quick" in l and "geometry resize" in l for l in pc + cp)
+    assert any("wide_resnet50_2" in l for l in lines) and any("ResNet-18 from scratch" in l for l in lines)
