@@ -1,4 +1,5 @@
-"""``adbench`` command line: run, list, table.
+"""``adbench`` command line: run, list, table (``--reference``, ``--ci``, ``--efficiency``),
+evaluate (metrics again from saved predictions), compare (paired bootstrap), plot.
 
 Exit codes: 0 everything ok; 1 some job failed (its record says why; the others ran);
 2 a user error (bad option, unknown name, bad data), reported as one ``error: ...`` line per
@@ -66,11 +67,13 @@ def main() -> None:
 @click.option("--rerun", is_flag=True, help="Run jobs again even when their records exist.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--metric", default="image_auroc,pixel_auroc", show_default=True, help="Metrics of the final table.")
+@click.option("--save-predictions", is_flag=True,
+              help="Keep image scores, float16 maps and sample paths beside each record (<record>.npz).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("--debug", is_flag=True, help="Tracebacks for user errors.")
 @_guard
 def run_cmd(method, dataset, data_root, category, profile, set_options, config_file, seed, protocol,
-            results, weights, device, plugins, rerun, executor, metric, quiet, debug) -> None:
+            results, weights, device, plugins, rerun, executor, metric, save_predictions, quiet, debug) -> None:
     """Run methods over a dataset's categories; print the per-category table."""
     from adbench.errors import ConfigError
     from adbench.records import METRIC_KEYS
@@ -86,7 +89,7 @@ def run_cmd(method, dataset, data_root, category, profile, set_options, config_f
         method=method, dataset=dataset, data_root=data_root, category=category, profile=profile,
         set_options=list(set_options), config_file=config_file, seed=seed, protocol=protocol,
         results=results, weights=weights, device=device, plugins=list(plugins), rerun=rerun,
-        executor=executor, progress=not quiet,
+        executor=executor, progress=not quiet, save_predictions=save_predictions,
     )
     summary = run(opts)
     tables = build_tables(summary.records, metrics)
@@ -156,9 +159,14 @@ def _list_one(what: str) -> None:
               help="Output format [default: md; csv with --long].")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write to a file.")
 @click.option("--long", "long_", is_flag=True, help="One row per (method, dataset, category, metric, value).")
+@click.option("--reference", is_flag=True, help="Ours next to published numbers (results/reference/*.csv).")
+@click.option("--reference-dir", default=None, help="Folder of reference CSVs [default: the checkout's].")
+@click.option("--ci", is_flag=True, help="Bootstrap 95% intervals (image AUROC; pixel AUROC from saved predictions).")
+@click.option("--efficiency", is_flag=True, help="Fit time, throughput, memory, parameters, FLOPs, hardware.")
 @click.option("--debug", is_flag=True)
 @_guard
-def table_cmd(results, dataset, metric, fmt, out: Optional[str], long_, debug) -> None:
+def table_cmd(results, dataset, metric, fmt, out: Optional[str], long_, reference, reference_dir, ci,
+              efficiency, debug) -> None:
     """Rebuild per-category tables from stored records."""
     from pathlib import Path
 
@@ -181,6 +189,21 @@ def table_cmd(results, dataset, metric, fmt, out: Optional[str], long_, debug) -
         raise ConfigError(f"--metric {', '.join(unknown)}: not in the records (known: {', '.join(sorted(known))})")
     if long_:
         text = render_long(records, metrics, fmt=fmt or "csv")
+    elif reference:
+        from adbench import reference as ref
+
+        tables = ref.comparison_tables(records, ref.load(reference_dir), metrics)
+        if not tables:
+            raise DataError(f"--results {root}: no records of a method and metric with published numbers")
+        text = render(tables, fmt or "md")
+    elif efficiency:
+        from adbench.efficiency import efficiency_table
+
+        text = render([efficiency_table(records)], fmt or "md")
+    elif ci:
+        from adbench.bootstrap import ci_tables
+
+        text = render(ci_tables(records, metrics), fmt or "md")
     else:
         text = render(build_tables(records, metrics), fmt or "md")
     if out:
@@ -189,6 +212,132 @@ def table_cmd(results, dataset, metric, fmt, out: Optional[str], long_, debug) -
         click.echo(f"wrote {out}", err=True)
     else:
         click.echo(text, nl=False)
+
+
+# --------------------------------------------------------------------------------------------
+@main.command("evaluate")
+@click.option("--results", default="results", show_default=True, help="Results folder (records + .npz).")
+@click.option("--dataset", "-d", default=None, help="Only this dataset.")
+@click.option("--tolerance", default=1e-3, show_default=True, type=float,
+              help="Largest |recomputed - recorded| accepted (maps are stored as float16).")
+@click.option("--debug", is_flag=True)
+@_guard
+def evaluate_cmd(results, dataset, tolerance, debug) -> None:
+    """Recompute metrics from saved predictions (run --save-predictions) and check the records."""
+    from pathlib import Path
+
+    from tabulate import tabulate
+
+    from adbench import predictions
+    from adbench.errors import DataError
+    from adbench.store import Store
+
+    root = Path(results)
+    if not root.is_dir():
+        raise DataError(f"--results {root}: folder not found")
+    rows, worst, n = [], 0.0, 0
+    for record in Store(root).records(dataset):
+        arrays = predictions.load(record)
+        if arrays is None:
+            continue
+        n += 1
+        for row in predictions.compare(record, arrays):
+            worst = max(worst, row["abs_diff"] or 0.0)
+            rows.append([record["method"], record["dataset"], record["category"], record.get("seed"),
+                         row["metric"], row["recorded"], row["recomputed"], row["abs_diff"]])
+    if not n:
+        raise DataError(f"--results {root}: no records with saved predictions (run with --save-predictions)")
+    click.echo(tabulate(rows, headers=["method", "dataset", "category", "seed", "metric", "recorded",
+                                       "recomputed", "abs diff"], tablefmt="github", floatfmt=".6f"))
+    click.echo(f"{n} record(s) re-evaluated; largest difference {worst:.2e} (tolerance {tolerance:g})", err=True)
+    sys.exit(0 if worst <= tolerance else 1)
+
+
+# --------------------------------------------------------------------------------------------
+@main.command("plot")
+@click.argument("kind", type=click.Choice(["heatmap", "bars", "cost", "gallery"]))
+@click.option("--results", default="results", show_default=True, help="Results folder (records).")
+@click.option("--dataset", "-d", default=None, help="Only this dataset.")
+@click.option("--metric", default="image_auroc", show_default=True)
+@click.option("--x", "x_key", type=click.Choice(["fit_seconds", "test_throughput"]), default="fit_seconds",
+              show_default=True, help="cost: the x axis.")
+@click.option("--method", "-m", default=None, help="gallery: the method (and --category) whose maps to show.")
+@click.option("--category", "-c", default=None)
+@click.option("--sample", "samples", multiple=True, help="gallery: a sample path (suffix); default: worst-scored.")
+@click.option("-n", "n_samples", default=4, show_default=True, help="gallery: number of rows.")
+@click.option("--out", required=True, help="Output file stem (writes .png and .pdf).")
+@click.option("--debug", is_flag=True)
+@_guard
+def plot_cmd(kind, results, dataset, metric, x_key, method, category, samples, n_samples, out, debug) -> None:
+    """Figures from stored records: heatmap, bars (means with CIs), cost (vs accuracy), gallery."""
+    from pathlib import Path
+
+    from adbench import plots
+    from adbench.errors import ConfigError, DataError
+    from adbench.store import Store
+
+    root = Path(results)
+    records = [r for r in Store(root).records(dataset) if r.get("status") == "ok"] if root.is_dir() else []
+    if not records:
+        raise DataError(f"--results {root}: no ok records" + (f" for dataset {dataset!r}" if dataset else ""))
+    try:
+        if kind == "gallery":
+            chosen = [r for r in records if (method is None or r["method"] == method)
+                      and (category is None or r["category"] == category) and r.get("predictions")]
+            if not chosen:
+                raise DataError("gallery: no record with saved predictions matches --method/--category")
+            paths = plots.gallery(chosen[0], out, n=n_samples, paths=list(samples) or None)
+        elif kind == "heatmap":
+            paths = plots.heatmap(records, metric, out, dataset)
+        elif kind == "bars":
+            paths = plots.bars(records, metric, out, dataset)
+        else:
+            paths = plots.cost(records, metric, out, x=x_key, dataset=dataset)
+    except ValueError as exc:
+        raise ConfigError(f"plot {kind}: {exc}") from exc
+    for p in paths:
+        click.echo(f"wrote {p}", err=True)
+
+
+# --------------------------------------------------------------------------------------------
+@main.command("compare")
+@click.argument("method_a")
+@click.argument("method_b")
+@click.option("--results", default="results", show_default=True, help="Results folder (records + .npz).")
+@click.option("--dataset", "-d", required=True)
+@click.option("--category", "-c", default=None, help="Category or comma list (default: all both have).")
+@click.option("--n-boot", default=2000, show_default=True)
+@click.option("--debug", is_flag=True)
+@_guard
+def compare_cmd(method_a, method_b, results, dataset, category, n_boot, debug) -> None:
+    """Paired bootstrap of image AUROC(A) - AUROC(B) on the same test images (saved predictions)."""
+    from pathlib import Path
+
+    from tabulate import tabulate
+
+    from adbench.bootstrap import compare_records
+    from adbench.errors import DataError
+    from adbench.store import Store
+
+    wanted = set(category.split(",")) if category else None
+    by = {}
+    for r in Store(Path(results)).records(dataset):
+        if r.get("status") == "ok" and r.get("predictions") and (wanted is None or r["category"] in wanted):
+            by.setdefault((r["method"], r["category"]), r)  # first seed found
+    cats = sorted({c for m, c in by if m == method_a} & {c for m, c in by if m == method_b})
+    if not cats:
+        raise DataError(f"no category where both {method_a} and {method_b} have saved predictions in {results}")
+    rows = []
+    for c in cats:
+        try:
+            res = compare_records(by[(method_a, c)], by[(method_b, c)], n_boot=n_boot)
+        except ValueError as exc:
+            raise DataError(f"{c}: {exc}") from exc
+        verdict = "A better" if res["low"] > 0 else "B better" if res["high"] < 0 else "no resolvable difference"
+        rows.append([c, f"{res['diff']:+.4f}", f"[{res['low']:+.4f}, {res['high']:+.4f}]", f"{res['p']:.3f}", verdict])
+    click.echo(f"image AUROC: A = {method_a}, B = {method_b}; paired bootstrap over test images ({n_boot} replicates)")
+    click.echo(tabulate(rows, headers=["category", "A - B", "95% CI", "p", "verdict"], tablefmt="github",
+                        disable_numparse=True))
 
 
 if __name__ == "__main__":  # pragma: no cover

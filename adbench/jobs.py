@@ -35,6 +35,7 @@ class Job:
     progress: bool = True
     plugins: list[str] = field(default_factory=list)
     category_kinds: dict[str, str] = field(default_factory=dict)
+    save_predictions: bool = False  # keep test outputs (adbench.predictions); not part of key()
 
     # --- identity ------------------------------------------------------------------------
     @property

@@ -22,7 +22,9 @@ from typing import Any, Optional
 
 from adbench.config import load_yaml_config, parse_set_options, resolve_config
 from adbench.errors import ConfigError, DataError
+from adbench import predictions
 from adbench.jobs import PROTOCOLS, Job, parse_list, parse_seeds
+from adbench.predictions import ATTACHED
 from adbench.store import Store, read_record
 
 
@@ -44,6 +46,7 @@ class RunOptions:
     rerun: bool = False
     executor: str = "local"
     progress: bool = True
+    save_predictions: bool = False
 
 
 @dataclass
@@ -119,7 +122,7 @@ def plan_run(opts: RunOptions) -> Plan:
                     method=method, dataset=opts.dataset, data_root=data_root, categories=cats,
                     seed=seed, protocol=opts.protocol, profile=opts.profile,
                     config=_plain(config.to_dict()), config_hash=config.config_hash(),
-                    weights=weights, device=opts.device, progress=opts.progress,
+                    weights=weights, device=opts.device, progress=opts.progress, save_predictions=opts.save_predictions,
                     plugins=list(opts.plugins), category_kinds={c: kinds[c] for c in cats},
                 ))
     jobs = list({job.key(): job for job in jobs}.values())  # `--method a,a` runs a once
@@ -249,6 +252,10 @@ def run(opts: RunOptions, *, log=None) -> RunSummary:
 
     def on_done(job: Job, records: list[dict[str, Any]]) -> None:
         for record in records:
+            arrays = record.pop(ATTACHED, None)
+            if arrays is not None:  # predictions first: a record never names a missing file
+                record["predictions"] = predictions.save(plan.store.path_for(job, record["category"]),
+                                                         arrays).name
             plan.store.write(record)
         failed = [r for r in records if r.get("status") != "ok"]
         status = "failed: " + str(failed[0].get("error")) if failed else "ok"

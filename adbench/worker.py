@@ -133,7 +133,7 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
             record["training_categories"] = list(job.categories)
             test_loader = make_loader(indexes[category].test, preprocess, batch_size=eval_batch_size, train=False)
             evaluation = _evaluate(detector, test_loader, device, method_cls, StreamingEvaluator, category,
-                                   progress=job.progress)
+                                   progress=job.progress, save_predictions=job.save_predictions)
             record.update(evaluation)
             record.update(
                 status="ok",
@@ -159,11 +159,15 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
 
 
 def _evaluate(detector, loader, device, method_cls, evaluator_cls, category: str,
-              progress: bool = False) -> dict[str, Any]:
+              progress: bool = False, save_predictions: bool = False) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
 
+    from adbench import predictions
+
     evaluator = evaluator_cls(fpr_limit=0.3)
+    collector = predictions.Collector() if save_predictions else None
+    flops = None
     n_images = 0
     n_cropped = 0
     predict_seconds = 0.0
@@ -182,9 +186,15 @@ def _evaluate(detector, loader, device, method_cls, evaluator_cls, category: str
             prediction = detector.predict(batch)
         _sync(device)
         predict_seconds += time.perf_counter() - t0
+        if flops is None:  # a second pass over one image of the first batch, not in test_seconds
+            t_flops = time.perf_counter()
+            flops = _count_flops(detector, batch)
+            t_start += time.perf_counter() - t_flops
         scores, maps = _check_prediction(prediction, batch, method_cls)
         evaluator.update(scores=scores, labels=labels, defect_types=list(batch.defect_types),
                          maps=maps, masks=masks)
+        if collector is not None:
+            collector.update(scores, labels, maps, masks, batch.paths, batch.defect_types)
         n_images += len(labels)
     bar.close()
     result = evaluator.compute()
@@ -198,8 +208,8 @@ def _evaluate(detector, loader, device, method_cls, evaluator_cls, category: str
     for k in METRIC_KEYS:
         if metrics[k] is None and k not in undefined:
             undefined[k] = "not computed"
-    return {
-        "metrics": metrics,
+    out = {
+        "predict_flops_per_image": flops,
         "undefined": undefined,
         "per_defect": result_dict.get("per_defect", {}) or {},
         "counts": result_dict.get("counts", {}) or {"n_images": n_images},
@@ -209,6 +219,33 @@ def _evaluate(detector, loader, device, method_cls, evaluator_cls, category: str
         "test_throughput": round(n_images / predict_seconds, 3) if predict_seconds > 0 else None,
         "test_throughput_end_to_end": round(n_images / test_seconds, 3) if test_seconds > 0 else None,
     }
+    out["metrics"] = metrics
+    if collector is not None:
+        out[predictions.ATTACHED] = collector.arrays()
+    return out
+
+
+def _count_flops(detector, batch):
+    """FLOPs per test image of ``predict`` (torch's FlopCounterMode: matmuls and convolutions,
+    the operations that dominate; elementwise work is not counted), or None if counting fails."""
+    import dataclasses
+
+    import torch
+
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        one = dataclasses.replace(
+            batch, images=batch.images[:1], labels=batch.labels[:1], paths=batch.paths[:1],
+            categories=batch.categories[:1], defect_types=batch.defect_types[:1],
+            masks=None if batch.masks is None else batch.masks[:1],
+            defect_cropped=None if batch.defect_cropped is None else batch.defect_cropped[:1])
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            detector.predict(one)
+        return int(counter.get_total_flops())
+    except Exception:  # noqa: BLE001 - an uncountable op must not fail the job
+        return None
 
 
 def _round(value, digits: int = 1):

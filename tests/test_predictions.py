@@ -1,0 +1,67 @@
+"""--save-predictions: each record's test outputs are saved beside it, and ``adbench evaluate``
+recomputes the recorded metrics from them (images exactly, pixels up to float16 maps)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import adbench_testkit
+from adbench import predictions
+from adbench.cli import main
+from adbench.runner import RunOptions, run
+from adbench.store import Store
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pred")
+    root = adbench_testkit.make_kit_data(tmp / "data", categories=("tex_a",))
+    opts = RunOptions(method="kit_mean", dataset="kitgen", data_root=str(root), results=str(tmp / "results"),
+                      plugins=["adbench_testkit"], progress=False, save_predictions=True)
+    summary = run(opts, log=lambda m: None)
+    assert summary.n_ok == 1
+    return tmp / "results"
+
+
+def test_arrays_saved_beside_the_record(saved):
+    (record,) = list(Store(saved).records())
+    assert record["predictions"] == record["record_name"].replace(".json", ".npz")
+    arrays = predictions.load(record)
+    n = record["counts"]["n_images"]
+    assert arrays["scores"].shape == (n,) and arrays["scores"].dtype == np.float64
+    assert arrays["maps"].dtype == np.float16 and arrays["maps"].shape[0] == n
+    assert arrays["masks"].shape == arrays["maps"].shape and arrays["masks"].dtype == bool
+    assert len(arrays["paths"]) == n and all(p.endswith(".png") for p in arrays["paths"])
+    assert set(arrays["labels"].tolist()) == {0, 1}
+    assert "_predictions" not in json.dumps(record)
+    # FLOPs of one predict image are recorded (kit_mean: no matmul/conv, so 0 is the right count)
+    assert record["predict_flops_per_image"] is not None
+
+
+def test_recomputed_equals_recorded(saved):
+    (record,) = list(Store(saved).records())
+    rows = {r["metric"]: r for r in predictions.compare(record, predictions.load(record))}
+    for metric in ("image_auroc", "image_ap", "image_f1_max"):
+        assert rows[metric]["recomputed"] == pytest.approx(record["metrics"][metric], abs=1e-12)
+    for metric in ("pixel_auroc", "aupro", "pixel_ap"):
+        assert rows[metric]["abs_diff"] < 1e-3
+
+
+def test_evaluate_cli(saved, tmp_path):
+    result = CliRunner().invoke(main, ["evaluate", "--results", str(saved)])
+    assert result.exit_code == 0, result.output
+    assert "image_auroc" in result.output and "1 record(s) re-evaluated" in result.output
+    empty = CliRunner().invoke(main, ["evaluate", "--results", str(tmp_path)])
+    assert empty.exit_code == 2 and "no records with saved predictions" in empty.output
+    # a tampered record is caught
+    (path,) = [p for p in saved.rglob("*.json")]
+    record = json.loads(path.read_text())
+    record["metrics"]["image_auroc"] = 0.123
+    path.write_text(json.dumps(record))
+    result = CliRunner().invoke(main, ["evaluate", "--results", str(saved)])
+    assert result.exit_code == 1
+    empty = CliRunner().invoke(main, ["evaluate", "--results", str(tmp_path)])
+    assert empty.exit_code == 2 and "no records with saved predictions" in empty.output
