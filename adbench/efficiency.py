@@ -70,7 +70,7 @@ def efficiency_table(records: Iterable[dict[str, Any]]):
              "GFLOPs/img: FlopCounterMode over one predict image (matmul/conv only; faiss k-NN not "
              "counted); n/a for records made before FLOPs were recorded",
              "added MB = peak RSS - RSS at job start (the ~0.4 GB interpreter + torch baseline)"]
-    hosts = sorted(set(frame["hardware"]))
+    hosts = sorted({h.rsplit(" (", 1)[0] for h in frame["hardware"]})  # the device in () is not the host
     if len(hosts) > 1:
         notes.insert(0, "records come from different hardware: " + "; ".join(hosts))
     return Table(dataset=",".join(sorted(frame["dataset"].unique())), metric="efficiency", frame=frame,
