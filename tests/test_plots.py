@@ -96,3 +96,15 @@ def test_compare_cli(store, tmp_path):
     assert "+0.0000" in result.output and "no resolvable difference" in result.output
     result = CliRunner().invoke(main, ["compare", "alpha", "beta", "--results", str(store), "-d", "mvtec"])
     assert result.exit_code == 2
+
+
+def test_efficiency_and_ci_tables(store):
+    eff = CliRunner().invoke(main, ["table", "--results", str(store), "--efficiency"])
+    assert eff.exit_code == 0, eff.output
+    assert "fit s" in eff.output and "test cpu x2" in eff.output and "GFLOPs/img" in eff.output
+    ci = CliRunner().invoke(main, ["table", "--results", str(store), "--ci"])
+    assert ci.exit_code == 0, ci.output
+    alpha = [l for l in ci.output.splitlines() if l.startswith("| alpha ")]
+    beta = [l for l in ci.output.splitlines() if l.startswith("| beta ")]
+    assert len(alpha) == 2 and all(l.count("[") == 2 for l in alpha)  # image and pixel intervals
+    assert all("no saved predictions" in l for l in beta)
