@@ -1,7 +1,6 @@
 """Every plot type renders from generated records (and saved predictions) to non-empty PNG and PDF."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from click.testing import CliRunner
