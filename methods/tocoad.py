@@ -58,9 +58,11 @@ Where each value comes from:
   has stride 2**(i+2)); ``generator=patch`` with ``patch_source=same|other`` and
   ``patch_transform=jitter|pepper``; ``synthetic_ratio`` 1:1 / 1:0 / 1:2 / 2:1.
 
-``quick`` profile: tf_efficientnet_lite0 (offline ImageNet weights), PatchCore's geometry and
-layers, smaller D and heads, a few epochs capped in steps, so bottle runs in minutes on 2 CPU
-cores.
+``quick`` profile: tf_efficientnet_lite0 (offline ImageNet weights), PatchCore's geometry,
+layers and coreset, D width 64, heads 256-d, batch 8, 2 DNP + 2 NCL epochs of at most 5 steps
+each (a token fine-tuning: 40 synthetic + 80 view images per stage; enough to exercise the
+pipeline on real data on a shared 2-core CPU, far too little to expect the paper's gain).
+Batch 16 in stage II was killed by the out-of-memory killer on the shared 23 GiB machine.
 """
 from __future__ import annotations
 
