@@ -272,7 +272,7 @@ def plot_cmd(kind, results, dataset, metric, x_key, method, category, samples, n
     """Figures from stored records: heatmap, bars (means with CIs), cost (vs accuracy), gallery."""
     from pathlib import Path
 
-    from adbench import plots
+    from adbench import plots, predictions
     from adbench.errors import ConfigError, DataError
     from adbench.store import Store
 
@@ -283,7 +283,7 @@ def plot_cmd(kind, results, dataset, metric, x_key, method, category, samples, n
     try:
         if kind == "gallery":
             chosen = [r for r in records if (method is None or r["method"] == method)
-                      and (category is None or r["category"] == category) and r.get("predictions")]
+                      and (category is None or r["category"] == category) and predictions.has_predictions(r)]
             if not chosen:
                 raise DataError("gallery: no record with saved predictions matches --method/--category")
             paths = plots.gallery(chosen[0], out, n=n_samples, paths=list(samples) or None)
@@ -316,13 +316,14 @@ def compare_cmd(method_a, method_b, results, dataset, category, n_boot, debug) -
     from tabulate import tabulate
 
     from adbench.bootstrap import compare_records
+    from adbench.predictions import has_predictions
     from adbench.errors import DataError
     from adbench.store import Store
 
     wanted = set(category.split(",")) if category else None
     by = {}
     for r in Store(Path(results)).records(dataset):
-        if r.get("status") == "ok" and r.get("predictions") and (wanted is None or r["category"] in wanted):
+        if r.get("status") == "ok" and has_predictions(r) and (wanted is None or r["category"] in wanted):
             by.setdefault((r["method"], r["category"]), r)  # first seed found
     cats = sorted({c for m, c in by if m == method_a} & {c for m, c in by if m == method_b})
     if not cats:

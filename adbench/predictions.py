@@ -60,6 +60,13 @@ class Collector:
         return out
 
 
+def has_predictions(record: dict[str, Any]) -> bool:
+    if "_path" not in record:
+        return False
+    name = record.get("predictions") or path_for(record["_path"]).name
+    return (Path(record["_path"]).parent / name).is_file()
+
+
 def path_for(record_path: str | Path) -> Path:
     record_path = Path(record_path)
     return record_path.with_suffix(".npz")
@@ -81,9 +88,12 @@ def save(record_path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
 
 def load(record: dict[str, Any]) -> Optional[dict[str, np.ndarray]]:
     """The saved arrays of a record read from a store (``None`` when it has none)."""
-    name = record.get("predictions")
-    if not name or "_path" not in record:
+    if "_path" not in record:
         return None
+    # the record names its file; a record rewritten by a later run of the same job (same name,
+    # same config hash and seed) may not, and then the file beside it with its stem is used:
+    # ``adbench evaluate`` checks that such predictions still reproduce the recorded metrics
+    name = record.get("predictions") or path_for(record["_path"]).name
     path = Path(record["_path"]).parent / name
     if not path.is_file():
         return None
