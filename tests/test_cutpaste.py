@@ -50,6 +50,7 @@ def _batches(images, labels=None, masks=None, category="toy", bs=8):
 
 
 def _make(cls, profile="quick", **overrides):
+    torch.manual_seed(0)  # weight init must not depend on which tests ran before
     base = {"num_threads": 1, "head_dims": (64, 64)}
     base.update(overrides)
     cfg = resolve_config(cls.Config, cls.PROFILES, profile, base, method=cls.name)
@@ -109,18 +110,32 @@ def test_three_way_training_learns_the_classes():
     assert "none" in det.record_extras()["maps"]
 
 
-def test_image_level_detects_generated_defects_without_maps():
+def test_image_level_detects_generated_defects_without_maps(shared_weights):
+    """The pretrained variant (lite0 ImageNet weights standing in for EfficientNet-B4) + GDE.
+
+    The from-scratch ResNet-18 after a few dozen steps is too close to its random init for a
+    stable AUROC on 24 images (0.54-0.83 over init seeds, measured); that the scratch model
+    learns the 3-way task is what test_three_way_training_learns_the_classes checks.
+    """
     rng = np.random.default_rng(1)
-    train = [_stripes(rng, 48) for _ in range(30)]
+    train = [_stripes(rng, 64) for _ in range(30)]
     test, labels = [], []
     for i in range(24):
-        img = _stripes(rng, 48)
+        img = _stripes(rng, 64)
         if i % 2:
             img, _ = _defect(img, rng)
         test.append(img)
         labels.append(i % 2)
-    det = _make(CutPaste, image_size=48, batch_size=24, epochs=1, steps_per_epoch=20)
+    torch.manual_seed(0)
+    cfg = resolve_config(
+        CutPaste.Config, CutPaste.PROFILES, "quick_pretrained",
+        {"num_threads": 1, "image_size": 64, "batch_size": 24, "head_only_epochs": 1, "epochs": 1,
+         "steps_per_epoch": 5},
+        method="cutpaste",
+    )
+    det = CutPaste(cfg, RunContext(seed=0, profile="quick_pretrained"))
     det.fit(_batches(train))
+    assert det.weights_tag().startswith("imagenet:")
     preds = [det.predict(b) for b in _batches(test, labels)]
     assert all(p.maps is None for p in preds)
     scores = np.concatenate([p.numpy()[0] for p in preds])
