@@ -106,6 +106,23 @@ class Detector(abc.ABC):
     def device(self) -> torch.device:
         return self.context.device
 
+    def pretrained_backbone(self, model_name: str, layers, *, frozen: bool = True):
+        """The shared timm feature extractor, under this job's weights policy.
+
+        ``--weights`` (context.weights) wins; otherwise $ADBENCH_WEIGHTS_DIR, then timm. Only
+        profiles that are not paper profiles (``quick``, ``quick_pretrained``...) may fall
+        back to random weights, with a warning: a ``paper*`` profile never does silently.
+        """
+        from adbench.components.backbone import Backbone
+
+        return Backbone(
+            model_name,
+            layers,
+            weights=self.context.weights,
+            frozen=frozen,
+            allow_random_fallback=not self.context.profile.startswith("paper"),
+        ).to(self.device)
+
     # --- the two verbs -------------------------------------------------------------------
     @abc.abstractmethod
     def fit(self, train_loader: Iterable[Batch]) -> None:

@@ -37,7 +37,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from adbench.components.backbone import Backbone
 from adbench.components.feature_cache import FeatureCache
 from adbench.config import MethodConfig
 from adbench.data import Batch
@@ -132,12 +131,7 @@ class FastFlow(Detector):
     def __init__(self, config: FastFlowConfig, context=None):
         super().__init__(config, context)
         cfg = self.config
-        self.backbone = Backbone(
-            cfg.backbone,
-            layers=cfg.layers,
-            weights=self.context.weights,
-            allow_random_fallback=(self.context.profile != "paper"),
-        ).to(self.device)
+        self.backbone = self.pretrained_backbone(cfg.backbone, cfg.layers)
         size = self.preprocess().output_size
         with torch.no_grad():
             shapes = [tuple(f.shape[1:]) for f in self.backbone(torch.zeros(1, 3, size, size, device=self.device))]

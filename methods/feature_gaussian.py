@@ -37,7 +37,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from adbench.components.backbone import Backbone
 from adbench.components.blur import gaussian_blur
 from adbench.config import MethodConfig
 from adbench.data import Batch
@@ -86,12 +85,7 @@ class FeatureGaussian(Detector):
             )
         if config.feature_dims is not None and config.feature_dims < 1:
             raise ConfigError(f"--set feature_dims={config.feature_dims}: must be >= 1 (or none)")
-        self.backbone = Backbone(
-            config.backbone,
-            config.layers,
-            weights=self.context.weights,
-            allow_random_fallback=(self.context.profile != "paper"),
-        ).to(self.device)
+        self.backbone = self.pretrained_backbone(config.backbone, config.layers)
         total = sum(self.backbone.channels)
         keep = total if config.feature_dims is None else min(config.feature_dims, total)
         generator = torch.Generator().manual_seed(int(self.context.seed))

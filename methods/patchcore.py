@@ -44,7 +44,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from adbench.components.backbone import Backbone
 from adbench.components.blur import gaussian_blur
 from adbench.components.coreset import TwoLevelCoreset, approximate_greedy_coreset, coreset_size
 from adbench.components.knn import NearestNeighbours
@@ -96,13 +95,7 @@ class PatchCore(Detector):
             raise ConfigError(f"--set coreset_ratio={cfg.coreset_ratio}: must be in (0, 1]")
         if cfg.patch_size < 1 or cfg.patch_size % 2 == 0:
             raise ConfigError(f"--set patch_size={cfg.patch_size}: must be a positive odd number")
-        self.backbone = Backbone(
-            cfg.backbone,
-            cfg.layers,
-            weights=self.context.weights,
-            frozen=True,
-            allow_random_fallback=(self.context.profile != "paper"),
-        ).to(self.device)
+        self.backbone = self.pretrained_backbone(cfg.backbone, cfg.layers)
         self.aggregator = PatchAggregator(
             self.backbone.channels,
             pretrain_dim=cfg.pretrain_embed_dim,

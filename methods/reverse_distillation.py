@@ -43,7 +43,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from adbench.components.backbone import Backbone
 from adbench.components.blur import gaussian_blur
 from adbench.components.feature_cache import FeatureCache
 from adbench.config import MethodConfig
@@ -226,12 +225,7 @@ class ReverseDistillation(Detector):
     def __init__(self, config: ReverseDistillationConfig, context=None):
         super().__init__(config, context)
         cfg = self.config
-        self.teacher = Backbone(
-            cfg.backbone,
-            layers=cfg.layers,
-            weights=self.context.weights,
-            allow_random_fallback=(self.context.profile != "paper"),
-        ).to(self.device)
+        self.teacher = self.pretrained_backbone(cfg.backbone, cfg.layers)
         self.bottleneck = OneClassBottleneck(self.teacher.channels, self.teacher.strides, cfg.oce_blocks).to(self.device)
         self.student = StudentDecoder(
             self.bottleneck.out_channels, self.teacher.channels, self.teacher.strides, cfg.decoder_blocks

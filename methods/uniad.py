@@ -54,7 +54,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from adbench.components.backbone import Backbone
 from adbench.components.blur import gaussian_blur
 from adbench.components.neighbor_transformer import ReconstructionTransformer
 from adbench.config import MethodConfig
@@ -118,12 +117,7 @@ class UniAD(Detector):
             size = cfg.crop_size
         else:
             size = cfg.image_size
-        self.backbone = Backbone(
-            cfg.backbone,
-            layers=cfg.layers,
-            weights=self.context.weights,
-            allow_random_fallback=(self.context.profile != "paper"),
-        ).to(self.device)
+        self.backbone = self.pretrained_backbone(cfg.backbone, cfg.layers)
         stride = max(self.backbone.strides)
         if size % stride:
             raise ConfigError(f"--set image_size={size}: must be a multiple of the backbone stride {stride}")
