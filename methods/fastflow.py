@@ -35,9 +35,8 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from adbench.components.feature_cache import FeatureCache
+from adbench.components.feature_cache import epoch_feature_batches, train_on_feature_batches
 from adbench.config import MethodConfig
 from adbench.data import Batch
 from adbench.detector import Detector, Prediction
@@ -152,14 +151,6 @@ class FastFlow(Detector):
             jacs.append(log_jac)
         return zs, jacs
 
-    def _epoch_batches(self, train_loader: Iterable[Batch]):
-        """A callable yielding one epoch of backbone feature batches (cached or recomputed)."""
-        if not self.config.cache_features:
-            return lambda: (self.backbone(b.images.to(self.device)) for b in train_loader)
-        cache = FeatureCache.build(self.backbone, train_loader, self.device)
-        generator = torch.Generator().manual_seed(int(self.context.seed))
-        return lambda: cache.batches(self.config.batch_size, generator, self.device)
-
     def fit(self, train_loader: Iterable[Batch]) -> None:
         cfg = self.config
         params = list(self.norms.parameters()) + list(self.flows.parameters())
@@ -167,19 +158,14 @@ class FastFlow(Detector):
         self.backbone.eval()
         self.norms.train()
         self.flows.train()
-        epochs = self._epoch_batches(train_loader)
-        bar = tqdm(range(cfg.epochs), desc="fastflow", disable=not self.context.progress)
-        for _ in bar:
-            total, count = 0.0, 0
-            for feats in epochs():
-                loss = flow_nll(*self._flow(feats))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(feats[0])
-                count += len(feats[0])
-            self.loss_history.append(total / max(count, 1))
-            bar.set_postfix(loss=f"{self.loss_history[-1]:.1f}")
+        epochs = epoch_feature_batches(
+            self.backbone, train_loader, cache=cfg.cache_features, batch_size=cfg.batch_size,
+            seed=self.context.seed, device=self.device,
+        )
+        self.loss_history += train_on_feature_batches(
+            epochs, lambda feats: flow_nll(*self._flow(feats)), optimizer, cfg.epochs,
+            desc="fastflow", progress=self.context.progress, loss_format=".1f",
+        )
         self.norms.eval()
         self.flows.eval()
 

@@ -41,10 +41,9 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from adbench.components.blur import gaussian_blur
-from adbench.components.feature_cache import FeatureCache
+from adbench.components.feature_cache import epoch_feature_batches, train_on_feature_batches
 from adbench.config import MethodConfig
 from adbench.data import Batch
 from adbench.detector import Detector, Prediction
@@ -235,14 +234,6 @@ class ReverseDistillation(Detector):
     def _student(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         return self.student(self.bottleneck(feats))
 
-    def _epoch_batches(self, train_loader: Iterable[Batch]):
-        """A callable yielding one epoch of teacher feature batches (cached or recomputed)."""
-        if not self.config.cache_features:
-            return lambda: (self.teacher(b.images.to(self.device)) for b in train_loader)
-        cache = FeatureCache.build(self.teacher, train_loader, self.device)
-        generator = torch.Generator().manual_seed(int(self.context.seed))
-        return lambda: cache.batches(self.config.batch_size, generator, self.device)
-
     def fit(self, train_loader: Iterable[Batch]) -> None:
         cfg = self.config
         params = list(self.bottleneck.parameters()) + list(self.student.parameters())
@@ -250,19 +241,14 @@ class ReverseDistillation(Detector):
         self.teacher.eval()
         self.bottleneck.train()
         self.student.train()
-        epochs = self._epoch_batches(train_loader)
-        bar = tqdm(range(cfg.epochs), desc="reverse_distillation", disable=not self.context.progress)
-        for _ in bar:
-            total, count = 0.0, 0
-            for feats in epochs():
-                loss = distillation_loss(feats, self._student(feats))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(feats[0])
-                count += len(feats[0])
-            self.loss_history.append(total / max(count, 1))
-            bar.set_postfix(loss=f"{self.loss_history[-1]:.4f}")
+        epochs = epoch_feature_batches(
+            self.teacher, train_loader, cache=cfg.cache_features, batch_size=cfg.batch_size,
+            seed=self.context.seed, device=self.device,
+        )
+        self.loss_history += train_on_feature_batches(
+            epochs, lambda feats: distillation_loss(feats, self._student(feats)), optimizer, cfg.epochs,
+            desc="reverse_distillation", progress=self.context.progress, loss_format=".4f",
+        )
         self.bottleneck.eval()
         self.student.eval()
 

@@ -63,3 +63,58 @@ class FeatureCache:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             yield [t[idx].to(device, torch.float32) for t in self.layers]
+
+
+def epoch_feature_batches(
+    backbone: Callable[[torch.Tensor], list[torch.Tensor]],
+    train_loader: Iterable[Batch],
+    *,
+    cache: bool,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+) -> Callable[[], Iterator[list[torch.Tensor]]]:
+    """A callable yielding one epoch of frozen-backbone feature batches.
+
+    With ``cache`` the features are computed once and replayed in a seeded shuffle each epoch
+    (valid because the backbone is frozen and the method uses no image augmentation);
+    without it they are recomputed from the loader every epoch.
+    """
+    if not cache:
+        return lambda: (backbone(b.images.to(device)) for b in train_loader)
+    store = FeatureCache.build(backbone, train_loader, device)
+    generator = torch.Generator().manual_seed(int(seed))
+    return lambda: store.batches(batch_size, generator, device)
+
+
+def train_on_feature_batches(
+    epoch_batches: Callable[[], Iterator[list[torch.Tensor]]],
+    loss_fn: Callable[[list[torch.Tensor]], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    *,
+    desc: str,
+    progress: bool,
+    loss_format: str = ".4f",
+) -> list[float]:
+    """Plain epochs of SGD steps on feature batches; returns the per-epoch mean loss.
+
+    Shared by the feature-reconstruction methods (Reverse Distillation, FastFlow) whose whole
+    training loop is "features -> loss -> step"; the mean is weighted by batch size.
+    """
+    from tqdm.auto import tqdm
+
+    history: list[float] = []
+    bar = tqdm(range(epochs), desc=desc, disable=not progress)
+    for _ in bar:
+        total, count = 0.0, 0
+        for feats in epoch_batches():
+            loss = loss_fn(feats)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(feats[0])
+            count += len(feats[0])
+        history.append(total / max(count, 1))
+        bar.set_postfix(loss=f"{history[-1]:{loss_format}}")
+    return history
