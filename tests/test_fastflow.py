@@ -8,55 +8,14 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from adbench.config import resolve_config
-from adbench.data import Batch
 from adbench.detector import RunContext
 from adbench.registry import METHODS
 
-SIZE = 64
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny (64 px): a second thread buys nothing, and on a shared CPU the
-    OpenMP barriers of two threads cost 5-10x wall time (measured). Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from striped_category import SIZE, as_batch as _batch, make_category, one_thread  # noqa: F401  (autouse fixture)
 
 
 def _ff():
     return METHODS.get("fastflow")
-
-
-def make_category(n_train: int = 32, n_good: int = 10, n_bad: int = 10, seed: int = 0):
-    """Striped texture with random phase, gain and noise; defects are a coloured blob."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
-
-    def normal():
-        phase = rng.uniform(0, 2 * np.pi)
-        stripes = 0.5 + 0.25 * np.sin(2 * np.pi * xx / 8.0 + phase)
-        img = np.stack([stripes * c for c in (0.9, 0.8, 0.6)], 0) * rng.uniform(0.85, 1.15)
-        return img + rng.normal(0, 0.03, img.shape)
-
-    def defective():
-        img = normal()
-        cy, cx = rng.uniform(14, SIZE - 14, size=2)
-        blob = np.hypot(yy - cy, xx - cx) < rng.uniform(6, 9)
-        img[:, blob] = np.array([0.15, 0.35, 0.8])[:, None] + rng.normal(0, 0.03, (3, int(blob.sum())))
-        return img
-
-    to_t = lambda arr: torch.from_numpy(np.clip(np.stack(arr), 0, 1).astype(np.float32))
-    train = to_t([normal() for _ in range(n_train)])
-    test = to_t([normal() for _ in range(n_good)] + [defective() for _ in range(n_bad)])
-    labels = np.array([0] * n_good + [1] * n_bad)
-    return [_batch(train[i : i + 16]) for i in range(0, n_train, 16)], test, labels
-
-
-def _batch(images: torch.Tensor) -> Batch:
-    n = len(images)
-    return Batch(images, torch.zeros(n, dtype=torch.long), [""] * n, ["gen"] * n, ["good"] * n)
 
 
 def test_paper_profile_matches_the_sources():
