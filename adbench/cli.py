@@ -160,13 +160,15 @@ def _list_one(what: str) -> None:
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write to a file.")
 @click.option("--long", "long_", is_flag=True, help="One row per (method, dataset, category, metric, value).")
 @click.option("--reference", is_flag=True, help="Ours next to published numbers (results/reference/*.csv).")
+@click.option("--reference-all", "reference_all", is_flag=True,
+              help="As --reference, plus the papers' ablation rows (role=ablation in the CSVs).")
 @click.option("--reference-dir", default=None, help="Folder of reference CSVs [default: the checkout's].")
 @click.option("--ci", is_flag=True, help="Bootstrap 95% intervals (image AUROC; pixel AUROC from saved predictions).")
 @click.option("--efficiency", is_flag=True, help="Fit time, throughput, memory, parameters, FLOPs, hardware.")
 @click.option("--debug", is_flag=True)
 @_guard
-def table_cmd(results, dataset, metric, fmt, out: Optional[str], long_, reference, reference_dir, ci,
-              efficiency, debug) -> None:
+def table_cmd(results, dataset, metric, fmt, out: Optional[str], long_, reference, reference_all, reference_dir,
+              ci, efficiency, debug) -> None:
     """Rebuild per-category tables from stored records."""
     from pathlib import Path
 
@@ -189,10 +191,10 @@ def table_cmd(results, dataset, metric, fmt, out: Optional[str], long_, referenc
         raise ConfigError(f"--metric {', '.join(unknown)}: not in the records (known: {', '.join(sorted(known))})")
     if long_:
         text = render_long(records, metrics, fmt=fmt or "csv")
-    elif reference:
+    elif reference or reference_all:
         from adbench import reference as ref
 
-        tables = ref.comparison_tables(records, ref.load(reference_dir), metrics)
+        tables = ref.comparison_tables(records, ref.load(reference_dir), metrics, include_ablation=reference_all)
         if not tables:
             raise DataError(f"--results {root}: no records of a method and metric with published numbers")
         text = render(tables, fmt or "md")

@@ -10,6 +10,13 @@ published averages. One method can have several settings in one source (ToCoAD w
 CutPaste or the Perlin generator; CutPaste binary, scar and 3-way): ``setting`` tells them apart
 and is part of the row's identity.
 
+An optional ``role`` column tells a paper's headline numbers (``main``, the default when the
+column is absent, as in the older CSVs) from its ablation rows (``ablation``: a hyper-parameter
+or component varied away from the paper's default, or a proxy-task baseline). Ablations stay
+loadable (``load``) and validated, but ``comparison_tables`` shows only main rows unless
+``include_ablation=True`` (``adbench table --reference-all``): one paper can carry dozens of
+ablation settings, each of which would add a footnote next to every record of that method.
+
 The comparison table never puts a number next to another without the setting of both sides:
 each row names our setting (backbone, weights tag, profile, protocol, geometry) and a footnote
 key for the paper's setting. The ``mean`` row compares our mean with the paper's mean *over the
@@ -26,6 +33,7 @@ import pandas as pd
 REQUIRED_COLUMNS = ("method", "dataset", "category", "metric", "value", "source", "setting")
 MEAN_CATEGORIES = ("mean", "texture_mean", "object_mean")
 IDENTITY = ("method", "dataset", "category", "metric", "source", "setting")
+ROLES = ("main", "ablation")
 
 
 def default_dir() -> Path:
@@ -48,7 +56,15 @@ def load(directory: Optional[str | Path] = None) -> pd.DataFrame:
         frames.append(frame)
     out = pd.concat(frames, ignore_index=True)
     out["value"] = pd.to_numeric(out["value"], errors="coerce")
+    out["role"] = roles_of(out)
     return out
+
+
+def roles_of(frame: pd.DataFrame) -> pd.Series:
+    """The ``role`` of each row: the column's value, ``main`` where the column or the value is absent."""
+    if "role" not in frame.columns:
+        return pd.Series("main", index=frame.index)
+    return frame["role"].fillna("").astype(str).str.strip().replace("", "main")
 
 
 def validate(frame: pd.DataFrame, known_categories: dict[str, Iterable[str]]) -> list[str]:
@@ -59,7 +75,7 @@ def validate(frame: pd.DataFrame, known_categories: dict[str, Iterable[str]]) ->
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         return [f"missing column(s): {', '.join(missing)}"]
-    for i, row in frame.iterrows():
+    for (i, row), role in zip(frame.iterrows(), roles_of(frame)):
         where = f"{row.get('file', '?')} row {i}: {row['method']}/{row['dataset']}/{row['category']}"
         if not (isinstance(row["value"], float) and 0.0 <= row["value"] <= 1.0):
             problems.append(f"{where}: value {row['value']!r} not a fraction in [0, 1]")
@@ -73,6 +89,8 @@ def validate(frame: pd.DataFrame, known_categories: dict[str, Iterable[str]]) ->
         for col in REQUIRED_COLUMNS:
             if str(row[col]).strip() == "":
                 problems.append(f"{where}: empty {col}")
+        if role not in ROLES:
+            problems.append(f"{where}: role {role!r} not one of {', '.join(ROLES)}")
     dup = frame[frame.duplicated(list(IDENTITY), keep=False)]
     for _, row in dup.iterrows():
         problems.append(f"duplicate: {tuple(row[c] for c in IDENTITY)}")
@@ -93,10 +111,15 @@ def our_setting(record: dict[str, Any]) -> str:
 
 
 def comparison_tables(records: Iterable[dict[str, Any]], reference: pd.DataFrame,
-                      metrics: Iterable[str], dataset: Optional[str] = None, decimals: int = 3):
-    """One ``tables.Table`` per (dataset, metric) with rows (method, category, ours, paper, diff, settings)."""
+                      metrics: Iterable[str], dataset: Optional[str] = None, decimals: int = 3,
+                      include_ablation: bool = False):
+    """One ``tables.Table`` per (dataset, metric) with rows (method, category, ours, paper, diff, settings).
+
+    Only ``role == main`` reference rows take part unless ``include_ablation``."""
     from adbench.tables import Table
 
+    if not include_ablation:
+        reference = reference[roles_of(reference) == "main"]
     fmt = f"{{:.{decimals}f}}"
     ok = [r for r in records if r.get("status") == "ok" and (dataset is None or r.get("dataset") == dataset)]
     out = []

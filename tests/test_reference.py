@@ -24,6 +24,11 @@ def test_committed_reference_is_well_formed(frame):
     files = set(frame["file"])
     assert {"patchcore_official.csv", "method_means.csv", "tocoad_table1_mvtec.csv", "tocoad_table2_visa.csv",
             "tocoad_table3_btad.csv", "cutpaste_table1_mvtec.csv", "cutpaste_table2_mvtec_pixel.csv"} <= files
+    # the ablation tables (seed 002 T4-9, seed 003 T4/5/7/8, seed 000 T1) carry role=ablation, the rest main
+    ablation_files = {f for f in files if "ablation" in f or f.startswith("supplement000_")}
+    assert len(ablation_files) == 11
+    assert set(frame.loc[frame["file"].isin(ablation_files), "role"]) == {"ablation"}
+    assert set(frame.loc[~frame["file"].isin(ablation_files), "role"]) == {"main"}
     # every MVTec category of the per-category sources is there
     mv = set(DATASETS.get("mvtec").KNOWN_CATEGORIES)
     for f in ("patchcore_official.csv", "tocoad_table1_mvtec.csv", "cutpaste_table1_mvtec.csv"):
@@ -42,6 +47,20 @@ def test_committed_reference_is_well_formed(frame):
     ("cutpaste_table1_mvtec.csv", "cutpaste", "CutPaste (3-way)", "mean", "image_auroc", 0.952),
     ("cutpaste_table1_mvtec.csv", "scar", "Scar", "screw", "image_auroc", 0.113),
     ("cutpaste_table2_mvtec_pixel.csv", "cutpaste_patch", "CutPaste (3-way)", "mean", "pixel_auroc", 0.96),
+    ("tocoad_table4_ablation_ncl_layers.csv", "tocoad", "ToCoAD (Layer 2+3+4)", "mean", "image_auroc", 0.9808),
+    ("tocoad_table5_ablation_stages.csv", "tocoad", "ToCoAD (NCL only)", "mean", "pixel_auroc", 0.9794),
+    ("tocoad_table6_ablation_loss.csv", "tocoad", "ToCoAD (lambda 0.8, CE)", "mean", "image_auroc", 0.9818),
+    ("tocoad_table7_ablation_generator.csv", "tocoad", "ToCoAD + NSA", "mean", "pixel_auroc", 0.9796),
+    ("tocoad_table8_ablation_concat.csv", "tocoad", "ToCoAD (concatenation)", "mean", "image_auroc", 0.9856),
+    ("tocoad_table9_ablation_contrastive.csv", "tocoad", "ToCoAD w/ BYOL", "mean", "pixel_auroc", 0.9808),
+    ("cutpaste_table4_ablation_cutout_variants.csv", "confetti", "Confetti", "texture_mean", "image_auroc", 0.801),
+    ("cutpaste_table5_ablation_binary_vs_3way.csv", "cutpaste", "Binary (Union)", "mean", "image_auroc", 0.943),
+    ("cutpaste_table7_ablation_optimisation.csv", "cutpaste", "CutPaste (3-way), lr 0.003", "object_mean",
+     "image_auroc", 0.939),
+    ("cutpaste_table8_ablation_augmentation.csv", "cutpaste", "CutPaste (3-way), patch size 0.2", "texture_mean",
+     "image_auroc", 0.958),
+    ("supplement000_table1_synthetic_proportion.csv", "augmented_patch_ssl", "Ours (seed 000 supplement, unnamed), 1:0",
+     "object_mean", "image_auroc", 0.851),
 ])
 def test_spot_values_match_the_sources(frame, file, method, paper_name, category, metric, value):
     hit = frame[(frame["file"] == file) & (frame["method"] == method) & (frame["paper_name"] == paper_name)
@@ -59,6 +78,51 @@ def test_validate_catches_bad_rows(frame):
     assert any("'botle'" in p for p in problems)
     assert any(p.startswith("duplicate") for p in problems)
     assert ref.validate(bad.drop(columns=["setting"]), known_categories()) == ["missing column(s): setting"]
+    bad_role = frame.head(2).copy()
+    bad_role.loc[bad_role.index[0], "role"] = "headline"
+    role_problems = [p for p in ref.validate(bad_role, known_categories()) if " role " in p]
+    assert len(role_problems) == 1 and "role 'headline' not one of main, ablation" in role_problems[0]
+
+
+def test_ablation_rows_load_but_stay_out_of_the_comparison_unless_asked(tmp_path):
+    """A CSV without a ``role`` column is main; ablation rows are hidden from ``comparison_tables``
+    (and ``table --reference``) unless ``include_ablation`` (``--reference-all``)."""
+    common = "method,dataset,category,metric,value,source,setting"
+    (tmp_path / "main.csv").write_text(f"{common}\npatchcore,mvtec,bottle,image_auroc,1.0,paper T1,default\n")
+    (tmp_path / "abl.csv").write_text(f"{common},role\npatchcore,mvtec,bottle,image_auroc,0.9,paper T4,"
+                                      f"coreset 1%,ablation\npatchcore,mvtec,bottle,pixel_auroc,0.95,paper T4,"
+                                      f"coreset 1%,\n")
+    frame = ref.load(tmp_path)
+    assert list(frame["role"]) == ["ablation", "main", "main"]  # files sorted: abl.csv, main.csv; empty = main
+    assert ref.validate(frame, known_categories()) == []
+    record = {"method": "patchcore", "dataset": "mvtec", "category": "bottle", "status": "ok", "profile": "quick",
+              "geometry": "resize256", "config": {}, "metrics": {"image_auroc": 0.97}}
+
+    def papers(**kw):
+        (table,) = ref.comparison_tables([record], frame, ["image_auroc"], **kw)
+        return sorted(table.frame["paper"]), " ".join(table.footnotes)
+
+    values, notes = papers()
+    assert values == ["1.000"] and "paper T4" not in notes
+    values, notes = papers(include_ablation=True)
+    assert values == ["0.900", "1.000"] and "paper T4: coreset 1%" in notes
+
+
+def test_cli_reference_all_adds_the_ablation_settings():
+    from click.testing import CliRunner
+
+    from adbench.cli import main
+
+    results = ref.default_dir().parent
+    if not list((results / "mvtec" / "tocoad").glob("bottle__*.json")):
+        pytest.skip("committed tocoad bottle record not present")
+    args = ["table", "--results", str(results), "--dataset", "mvtec", "--metric", "image_auroc"]
+    main_only = CliRunner().invoke(main, args + ["--reference"])
+    everything = CliRunner().invoke(main, args + ["--reference-all"])
+    assert main_only.exit_code == 0 and everything.exit_code == 0, main_only.output + everything.output
+    assert "ToCoAD Table 1" in main_only.output and "ablation" not in main_only.output
+    assert "ToCoAD Table 5 ablation: NCL only" in everything.output
+    assert "CutPaste Table 8: maximum patch area ratio 0.2" in everything.output
 
 
 def test_comparison_shows_both_settings(frame):
