@@ -67,6 +67,53 @@ def test_approximate_coreset_is_deterministic_and_covers_like_exact():
     assert r_ours < r_random, (r_ours, r_random)
 
 
+def test_true_distance_ranking_covers_closer_to_exact_than_projection_alone():
+    """A strong 8-d projection of 64-d clusters distorts the largest distances; ranking by the
+    original-space distance to the projected-nearest centre must win most of that back."""
+    x = clustered(4000, 64, clusters=40, seed=1)
+    k = 200
+    r_exact, _ = coverage_radius(x, exact_greedy_kcenter(x, k))
+    official = approximate_greedy_coreset(x, k, proj_dim=8, seed=0)
+    ours = approximate_greedy_coreset(x, k, proj_dim=8, seed=0, true_distance=True)
+    again = approximate_greedy_coreset(x, k, proj_dim=8, seed=0, true_distance=True)
+    assert torch.equal(ours, again) and len(set(ours.tolist())) == k
+    r_official, _ = coverage_radius(x, official)
+    r_ours, _ = coverage_radius(x, ours)
+    assert r_ours < r_official, (r_ours, r_official)
+    assert r_ours <= 1.1 * r_exact, (r_ours, r_exact)
+
+
+def test_true_distance_criterion_is_an_upper_bound_that_matches_a_plain_loop():
+    """Lazy blocks with true-distance ranking pick what the one-row-at-a-time loop picks when
+    every pending centre is applied one by one (max_pending=1)."""
+    x = clustered(1500, 32, clusters=30, seed=2)
+    z = x[:, :6] * 1.0  # a crude "projection": the first 6 coordinates
+    k = 60
+
+    def plain():
+        proj = torch.full((len(x),), float("inf"))
+        crit = torch.full((len(x),), float("inf"))
+        out, i = [], 0
+        for _ in range(k):
+            out.append(i)
+            dz = ((z - z[i]) ** 2).sum(1)
+            closer = dz < proj
+            proj = torch.where(closer, dz, proj)
+            crit = torch.where(closer, torch.minimum(crit, ((x - x[i]) ** 2).sum(1)), crit)
+            crit[out] = -1.0
+            i = int(crit.argmax())
+        return out
+
+    from adbench.components.coreset import greedy_coreset as lazy
+    reference = plain()
+    start_proj = (z - z[0]).norm(dim=1)
+    start_true = (x - x[0]).norm(dim=1)
+    for block in (50, 700):
+        picks = lazy(z, k - 1, start=start_proj, block_size=block, max_pending=1, true_features=x,
+                     true_start=start_true)
+        assert picks.tolist() == reference[1:]
+
+
 def test_two_level_covers_every_chunk_and_stays_close_to_flat():
     x = clustered(8000, 64).half().numpy()  # float16 in, as from the memmap
     ratio = 0.05
