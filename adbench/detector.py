@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Optional
 
 import numpy as np
 import torch
 
 from adbench.config import MethodConfig
 from adbench.data import Batch, Preprocess
+
+if TYPE_CHECKING:  # only for the annotation: adbench.dataset is not needed at run time here
+    from adbench.dataset import CategoryInfo
 
 
 @dataclass
@@ -66,6 +69,10 @@ class RunContext:
     profile:  name of the profile the config was resolved from.
     progress: whether per-job progress bars are wanted (``-q`` turns them off).
     workdir:  a scratch folder private to the job (spill files, caches); removed afterwards.
+    categories: the dataset adapter's declaration of each training category of the job
+              (``CategoryInfo``: texture or object, aligned or not), by name. Methods whose
+              recipe depends on it read it here (CutPaste's per-location GDE is for aligned
+              objects); empty when a detector is used outside the harness.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -74,6 +81,7 @@ class RunContext:
     profile: str = "paper"
     progress: bool = False
     workdir: Optional[str] = None
+    categories: dict[str, CategoryInfo] = field(default_factory=dict)
 
 
 class Detector(abc.ABC):

@@ -114,7 +114,8 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
     workdir = tempfile.mkdtemp(prefix="adbench-job-")
     try:
         context = RunContext(device=device, seed=job.seed, weights=job.weights, profile=job.profile,
-                             progress=job.progress, workdir=workdir)
+                             progress=job.progress, workdir=workdir,
+                             categories={c: indexes[c].info for c in job.categories})
         detector = method_cls(config, context)
         preprocess = detector.preprocess()
         batch_size = int(getattr(config, "batch_size", 32))

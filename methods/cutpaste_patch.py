@@ -7,11 +7,13 @@
    batched; no shared convolution over the full image), giving a 57x57 grid of 512-d vectors.
 3. Scoring: a GDE (Ledoit-Wolf, Mahalanobis) per grid location for aligned objects, or one
    shared GDE over all locations for textures and rotated objects (appendix A.5). ``gde_mode``:
-   ``per_location``, ``shared`` or ``auto``. The harness gives detectors category names, not
-   the adapter's CategoryInfo, so ``auto`` uses per-location GDEs exactly for the categories in
-   ``aligned_categories`` (default: the paper's aligned MVTec objects: bottle, cable, capsule,
-   metal_nut, pill, toothbrush, transistor, zipper) and a shared GDE otherwise; the record says
-   which was used (``gde_mode_used``).
+   ``per_location``, ``shared`` or ``auto``. ``auto`` uses per-location GDEs when the dataset
+   adapter declares every training category an aligned object (``RunContext.categories``, the
+   adapter's CategoryInfo) and a shared GDE otherwise. Used outside the harness, without that
+   declaration, ``auto`` falls back to the names in ``aligned_categories`` (default: the
+   paper's aligned MVTec objects: bottle, cable, capsule, metal_nut, pill, toothbrush,
+   transistor, zipper). The record says which was used and why (``gde_mode_used``,
+   ``gde_mode_rule``).
 4. Receptive-field upsampling (FCDD-style, as the paper cites): a transposed convolution with
    stride = test stride and one 32x32 Gaussian kernel maps the 57x57 scores to 256x256.
    Choices where the paper is silent: sigma = patch_size / 4; the result is divided by the
@@ -115,6 +117,15 @@ class CutPastePatch(Detector):
                 out.append(net.embed(chunk).float().cpu())
         return torch.cat(out).reshape(b, gy, gx, -1)
 
+    def _aligned(self, categories: set[str]) -> tuple[bool, str]:
+        """Whether every training category is an aligned object, and where that came from."""
+        declared = self.context.categories
+        if categories and all(c in declared for c in categories):
+            aligned = all(declared[c].kind == "object" and declared[c].aligned for c in categories)
+            return aligned, "auto: per_location iff the dataset adapter declares every category an aligned object"
+        aligned = bool(categories) and all(c in self.config.aligned_categories for c in categories)
+        return aligned, "auto: per_location iff every category is in aligned_categories (no adapter declaration)"
+
     def fit(self, train_loader: Iterable[Batch]) -> None:
         cfg = self.config
         chunks, categories = [], set()
@@ -125,7 +136,7 @@ class CutPastePatch(Detector):
             raise DataError("cutpaste_patch: empty training set")
         data = torch.cat(chunks)
         self._grid_size(min(data.shape[-2:]))
-        aligned = bool(categories) and all(c in cfg.aligned_categories for c in categories)
+        aligned, self.gde_mode_rule = self._aligned(categories)
         self.gde_mode_used = cfg.gde_mode if cfg.gde_mode != "auto" else ("per_location" if aligned else "shared")
         self.categories = sorted(categories)
 
@@ -179,7 +190,7 @@ class CutPastePatch(Detector):
             extras.update(self.trainer.summary())
             extras.update({
                 "gde_mode_used": self.gde_mode_used,
-                "gde_mode_rule": "auto: per_location iff every category is in aligned_categories",
+                "gde_mode_rule": self.gde_mode_rule if self.config.gde_mode == "auto" else "set explicitly",
                 "categories": self.categories,
                 "grid": list(self.grid_shape),
                 "gde_images": self.gde_images,

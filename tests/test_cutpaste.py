@@ -7,6 +7,7 @@ import torch
 
 from adbench.config import resolve_config
 from adbench.data import Batch
+from adbench.dataset import CategoryInfo
 from adbench.detector import RunContext
 from adbench.registry import METHODS
 
@@ -92,7 +93,7 @@ def test_three_way_training_learns_the_classes():
     test uses larger boxes (area_ratio 0.2-0.35, an option like the paper's table 8 sweep)."""
     rng = np.random.default_rng(0)
     train = [_coordinate_image(rng, 48) for _ in range(24)]
-    det = _make(CutPaste, image_size=48, batch_size=24, epochs=1, steps_per_epoch=150, lr=0.1, translate=0.0,
+    det = _make(CutPaste, "quick_scratch", image_size=48, batch_size=24, epochs=1, steps_per_epoch=150, lr=0.1, translate=0.0,
                 input_jitter=0.0, area_ratio=(0.2, 0.35))
     det.fit(_batches(train))
     hist = det.trainer.history
@@ -128,12 +129,12 @@ def test_image_level_detects_generated_defects_without_maps(shared_weights):
         labels.append(i % 2)
     torch.manual_seed(0)
     cfg = resolve_config(
-        CutPaste.Config, CutPaste.PROFILES, "quick_pretrained",
+        CutPaste.Config, CutPaste.PROFILES, "quick",
         {"num_threads": 1, "image_size": 64, "batch_size": 24, "head_only_epochs": 1, "epochs": 1,
          "steps_per_epoch": 5},
         method="cutpaste",
     )
-    det = CutPaste(cfg, RunContext(seed=0, profile="quick_pretrained"))
+    det = CutPaste(cfg, RunContext(seed=0, profile="quick"))
     det.fit(_batches(train))
     assert det.weights_tag().startswith("imagenet:")
     preds = [det.predict(b) for b in _batches(test, labels)]
@@ -193,3 +194,23 @@ def test_patch_level_localises_and_picks_gde_mode(category, mode):
     np.testing.assert_allclose(scores, maps.flatten(1).amax(1).numpy(), rtol=1e-6)
     m = torch.from_numpy(np.stack(masks))
     assert _auroc(maps.flatten().numpy(), m.flatten().numpy()) > 0.6
+
+
+@pytest.mark.parametrize("declared,mode", [
+    ({"widget": CategoryInfo("widget", "object", aligned=True)}, "per_location"),  # name unknown to the list
+    ({"bottle": CategoryInfo("bottle", "object", aligned=False)}, "shared"),  # in the list, adapter says no
+])
+def test_auto_gde_mode_follows_the_adapters_declaration(declared, mode):
+    """Under the harness the adapter's CategoryInfo (RunContext.categories) decides, not the
+    fallback list of MVTec names."""
+    rng = np.random.default_rng(4)
+    train = [_stripes(rng, 64) for _ in range(6)]
+    (category,) = declared
+    torch.manual_seed(0)
+    cfg = resolve_config(CutPastePatch.Config, CutPastePatch.PROFILES, "quick",
+                         {"num_threads": 1, "head_dims": (32,), "image_size": 64, "test_stride": 16,
+                          "epochs": 1, "steps_per_epoch": 1, "batch_size": 6}, method="cutpaste_patch")
+    det = CutPastePatch(cfg, RunContext(seed=0, profile="quick", weights="random", categories=declared))
+    det.fit(_batches(train, category=category))
+    assert det.gde_mode_used == mode
+    assert "adapter" in det.record_extras()["gde_mode_rule"]
