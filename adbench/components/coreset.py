@@ -149,79 +149,37 @@ def greedy_coreset(
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        if true_features is None:
-            return _greedy_loop(z, k, start, block_size, max_pending)
-        return _guided_greedy_loop(z, k, start, true_features, true_start, block_size, max_pending)
+        return _greedy_loop(z, k, start, block_size, max_pending, true_features, true_start)
     finally:
         torch.set_num_threads(previous)
 
 
-def _greedy_loop(z, k, start, block_size, max_pending) -> torch.Tensor:
-    n, d = z.shape
-    sq = (z * z).sum(dim=1)
-    # Work in squared distances: min / arg-max are unchanged by squaring.
-    if start is None:
-        mind = torch.full((n,), float("inf"), dtype=torch.float32, device=z.device)
-    else:
-        mind = start.to(z.device, torch.float32).clone().pow_(2)
-    centers = torch.empty(k, d, dtype=torch.float32, device=z.device)
-    center_sq = torch.empty(k, dtype=torch.float32, device=z.device)
-    bounds = list(range(0, n, block_size))
-    blocks = [(s, min(s + block_size, n)) for s in bounds]
-    applied = [0] * len(blocks)  # number of centres already folded into each block's mind
-    heap = [(-float(mind[s:e].max()), b) for b, (s, e) in enumerate(blocks)]
-    heapq.heapify(heap)
-    picks = torch.empty(k, dtype=torch.long)
-    t = 0
-    while t < k:
-        neg_bound, b = heapq.heappop(heap)
-        s, e = blocks[b]
-        if applied[b] < t:
-            m = mind[s:e]
-            zb, sqb = z[s:e], sq[s:e]
-            for c0 in range(applied[b], t, max_pending):
-                c1 = min(t, c0 + max_pending)
-                # |x - c|^2 = |x|^2 - 2 x.c + |c|^2, one GEMM for all pending centres
-                dist = torch.addmm(center_sq[c0:c1].unsqueeze(0), zb, centers[c0:c1].T, alpha=-2.0)
-                dist.add_(sqb.unsqueeze(1))
-                torch.minimum(m, dist.min(dim=1).values, out=m)
-            applied[b] = t
-            heapq.heappush(heap, (-float(m.max()), b))
-            continue
-        # This block is up to date: its bound is exact and no other block can beat it.
-        local = int(torch.argmax(mind[s:e]))
-        i = s + local
-        picks[t] = i
-        mind[i] = -1.0  # below any distance: never picked twice, even among duplicate rows
-        centers[t] = z[i]
-        center_sq[t] = sq[i]
-        t += 1
-        heapq.heappush(heap, (neg_bound, b))  # stale upper bound; refreshed when it surfaces
-    return picks
+def _greedy_loop(z, k, start, block_size, max_pending, true_features=None, true_start=None) -> torch.Tensor:
+    """Lazy-block greedy k-center (see the module docstring).
 
-
-def _guided_greedy_loop(z, k, start, true_features, true_start, block_size, max_pending) -> torch.Tensor:
-    """The lazy loop of ``_greedy_loop``, ranking rows by ``crit``: the running minimum of the
-    original-space squared distance to each centre that became the row's projected nearest.
-
-    ``proj`` (projected squared distance to the nearest centre) decides *which* centre a row
-    is assigned to; ``crit`` (never increasing, an upper bound of the true squared distance to
-    the coreset) decides which row is picked next. Block bounds are maxima of ``crit``.
+    ``proj`` holds each row's squared projected distance to its nearest centre. Rows are
+    ranked by ``crit``: ``proj`` itself (the official selection), or with ``true_features``
+    the running minimum of the original-space squared distance to each centre that became the
+    row's projected nearest (an upper bound of its true distance to the coreset that never
+    increases, so block maxima stay valid bounds). Pending centres applied in one GEMM assign
+    a row only to the nearest of them, so true-distance picks can differ from applying centres
+    one at a time (``max_pending=1`` reproduces that loop; a test checks it).
     """
     n, d = z.shape
-    dim = int(true_features.shape[1])
-    sq = (z * z).sum(dim=1)
-    inf = float("inf")
-    proj = torch.full((n,), inf) if start is None else start.to(z.device, torch.float32).clone().pow_(2)
-    if true_start is not None:
-        crit = true_start.to(z.device, torch.float32).clone().pow_(2)
+    guided = true_features is not None
+    sq = (z * z).sum(dim=1)  # squared distances throughout: min / arg-max are unchanged
+    if start is None:
+        proj = torch.full((n,), float("inf"), dtype=torch.float32, device=z.device)
     else:
-        crit = proj.clone()
+        proj = start.to(z.device, torch.float32).clone().pow_(2)
+    crit = proj
+    if guided:
+        crit = proj.clone() if true_start is None else true_start.to(z.device, torch.float32).clone().pow_(2)
+        true_centers = torch.empty(k, int(true_features.shape[1]), dtype=torch.float32, device=z.device)
     centers = torch.empty(k, d, dtype=torch.float32, device=z.device)
     center_sq = torch.empty(k, dtype=torch.float32, device=z.device)
-    true_centers = torch.empty(k, dim, dtype=torch.float32, device=z.device)
     blocks = [(s, min(s + block_size, n)) for s in range(0, n, block_size)]
-    applied = [0] * len(blocks)
+    applied = [0] * len(blocks)  # number of centres already folded into each block
     heap = [(-float(crit[s:e].max()), b) for b, (s, e) in enumerate(blocks)]
     heapq.heapify(heap)
     picks = torch.empty(k, dtype=torch.long)
@@ -234,28 +192,31 @@ def _guided_greedy_loop(z, k, start, true_features, true_start, block_size, max_
             zb, sqb = z[s:e], sq[s:e]
             for c0 in range(applied[b], t, max_pending):
                 c1 = min(t, c0 + max_pending)
+                # |x - c|^2 = |x|^2 - 2 x.c + |c|^2, one GEMM for all pending centres
                 dist = torch.addmm(center_sq[c0:c1].unsqueeze(0), zb, centers[c0:c1].T, alpha=-2.0)
                 dist.add_(sqb.unsqueeze(1))
                 nearest, which = dist.min(dim=1)
+                if not guided:
+                    torch.minimum(p, nearest, out=p)
+                    continue
                 rows = torch.nonzero(nearest < p).squeeze(1)
                 if rows.numel():
                     p[rows] = nearest[rows]
                     x = _as_float_tensor(true_features[(rows + s).cpu().numpy()], z.device)
-                    true_d = ((x - true_centers[c0 + which[rows]]) ** 2).sum(dim=1)
-                    c[rows] = torch.minimum(c[rows], true_d)
+                    c[rows] = torch.minimum(c[rows], ((x - true_centers[c0 + which[rows]]) ** 2).sum(dim=1))
             applied[b] = t
             heapq.heappush(heap, (-float(c.max()), b))
             continue
-        local = int(torch.argmax(crit[s:e]))
-        i = s + local
+        # This block is up to date: its bound is exact and no other block can beat it.
+        i = s + int(torch.argmax(crit[s:e]))
         picks[t] = i
-        crit[i] = -1.0
-        proj[i] = -1.0
+        crit[i] = proj[i] = -1.0  # below any distance: never picked twice, even among duplicates
         centers[t] = z[i]
         center_sq[t] = sq[i]
-        true_centers[t] = _as_float_tensor(true_features[np.array([i])], z.device)[0]
+        if guided:
+            true_centers[t] = _as_float_tensor(true_features[np.array([i])], z.device)[0]
         t += 1
-        heapq.heappush(heap, (neg_bound, b))
+        heapq.heappush(heap, (neg_bound, b))  # stale upper bound; refreshed when it surfaces
     return picks
 
 
