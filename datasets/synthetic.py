@@ -3,16 +3,15 @@
 Why it exists: ``adbench run --method all --dataset synthetic --profile quick`` must work on a
 fresh machine, and tests need a set on which a bad method visibly loses to a good one.
 
-What it is (version 1, fixed seed, so every machine gets byte-identical files):
+What it is (version 2, fixed seed, so every machine gets byte-identical files):
 
-* four categories, MVTec layout (``<cat>/{train/good, test/<defect>, ground_truth/<defect>/
+* three categories, MVTec layout (``<cat>/{train/good, test/<defect>, ground_truth/<defect>/
   <stem>_mask.png}``), read by the same walker as MVTec AD:
 
   ======== ======= ======= ====================================================
   name     kind    aligned defects
   ======== ======= ======= ====================================================
   fabric   texture         hole (missing material), stain, pulled thread
-  stone    texture         crack, stain, scratch
   chip     object  yes     missing_pin (missing part), scratch, contamination
   washer   object  no      crack, missing_part (bite out of the rim), stain
   ======== ======= ======= ====================================================
@@ -22,9 +21,11 @@ What it is (version 1, fixed seed, so every machine gets byte-identical files):
   defects (1-2 px cracks and scratches) still exist after a resize to 224 or 128. 40 training
   images is the smallest count at which per-location statistics (PaDiM-like Gaussians) and
   memory banks are stable; 30 test images give an image AUROC resolution of 1/216. The whole
-  set is 280 images and 72 masks (~40 MB: sensor noise does not compress), generated in a few
+  set is 210 images and 54 masks (~30 MB: sensor noise does not compress), generated in a few
   seconds (PNG encoding is most of it); every ``quick`` method trains on it in seconds to a
-  minute.
+  minute. Three categories, not more: ``--method all`` runs 11 methods on each, and with a
+  fourth (version 1 had a stone texture) the demo took 16 minutes on 2 idle cores, over its
+  15-minute budget.
 * Nuisance variation on every image (normal and defective alike) so that raw pixel distance is
   a poor detector while local features are good: textures are randomly shifted (phase) and
   rotated a few degrees, so their mean image is a blur; every image gets a global brightness
@@ -59,7 +60,7 @@ from adbench.registry import register_dataset
 
 from ._mvtec_layout import MVTecStyleAdapter, walk_category
 
-VERSION = 1
+VERSION = 2
 SEED = 20240611
 SIZE = 256
 N_TRAIN = 40
@@ -192,24 +193,6 @@ def _fabric(rng, defect):
     return clean, bad
 
 
-def _stone(rng, defect):
-    """Speckled stone slab: a stochastic multi-scale texture, different in every image."""
-    field = _value_noise(rng)
-    grain = _value_noise(rng, (64, 128), 0.8)
-    base = np.array([0.62, 0.58, 0.52], np.float32) * rng.uniform(0.95, 1.05, 3).astype(np.float32)
-    clean = np.clip(base * (1 + 0.12 * field[..., None] + 0.06 * grain[..., None]), 0, 1).astype(np.float32)
-    bad = clean
-    cy, cx = rng.uniform(40, SIZE - 40, 2)
-    if defect == "crack":
-        pts = _random_walk(rng, (cx, cy), 14, 5.0, rng.uniform(0, 2 * np.pi), 0.5)
-        bad = _tint(clean, _polyline_mask(pts, 2), 0.35)
-    elif defect == "stain":
-        bad = _tint(clean, _blob(rng, cy, cx, rng.uniform(10, 18)), (0.55, 0.45, 0.35))
-    elif defect == "scratch":
-        bad = _paint(clean, _polyline_mask(_line(rng, (cx, cy), rng.uniform(40, 90)), 2), (0.95, 0.95, 0.93), 0.8)
-    return clean, bad
-
-
 _BOARD = (0.12, 0.33, 0.16)
 
 
@@ -279,9 +262,15 @@ def _washer(rng, defect):
     return _warp(clean, angle, dx, dy, _TABLE), _warp(bad, angle, dx, dy, _TABLE)
 
 
+#: Every category's images are drawn from generators seeded with (SEED, IMAGE_SEED_VERSION, its
+#: id here, split, defect, index). Version 2 only dropped version 1's fourth category ("stone",
+#: id 2) to keep the all-methods demo within its time budget; the ids and the image seed
+#: version are kept, so chip, fabric and washer are byte-identical to version 1.
+CATEGORY_IDS = {"chip": 0, "fabric": 1, "washer": 3}
+IMAGE_SEED_VERSION = 1
+
 CATEGORIES: dict[str, Category] = {
     "fabric": Category(CategoryInfo("fabric", "texture", False), ("hole", "stain", "thread"), _fabric, (0.7, 1.3)),
-    "stone": Category(CategoryInfo("stone", "texture", False), ("crack", "stain", "scratch"), _stone),
     "chip": Category(CategoryInfo("chip", "object", True), ("missing_pin", "scratch", "contamination"), _chip),
     "washer": Category(CategoryInfo("washer", "object", False), ("crack", "missing_part", "stain"), _washer),
 }
@@ -297,10 +286,10 @@ def _to_png(img: Image_, path: Path) -> None:
 def generate_category(name: str, out: Path) -> None:
     """Write one category (deterministic: every image has its own seeded generator)."""
     spec = CATEGORIES[name]
-    cat_id = sorted(CATEGORIES).index(name)
+    cat_id = CATEGORY_IDS[name]
 
     def rng_for(split: int, defect: int, i: int) -> np.random.Generator:
-        return np.random.default_rng([SEED, VERSION, cat_id, split, defect, i])
+        return np.random.default_rng([SEED, IMAGE_SEED_VERSION, cat_id, split, defect, i])
 
     def sample(rng, defect):
         clean, bad = spec.render(rng, defect)

@@ -88,8 +88,8 @@ class CutPastePatch(Detector):
     PROFILES = {
         "paper": {},
         "paper_64": {"patch_size": 64},
-        # 2 CPU cores: 128 px images, 32 px patches stride 8 (13x13 grid), 150 training steps
-        "quick": {"image_size": 128, "test_stride": 8, "epochs": 3, "steps_per_epoch": 50,
+        # 2 CPU cores: 128 px images, 32 px patches stride 8 (13x13 grid), 100 training steps
+        "quick": {"image_size": 128, "test_stride": 8, "epochs": 2, "steps_per_epoch": 50,
                   "gde_max_images": 120, "patch_batch_size": 512},
     }
     produces_maps = True
