@@ -3,8 +3,10 @@ and figures can be recomputed without retraining.
 
 ``adbench run --save-predictions`` makes the worker keep, per category, the image scores
 (float64), the anomaly maps (float16: half the disk of float32, and ~3 significant digits is
-more than any ranking metric of a [B, H, W] map needs), the ground-truth masks (bit-packed), the
-labels, defect types and sample paths. The parent writes them as ``<record stem>.npz`` beside
+more than any pixel ranking metric of a [B, H, W] map needs), each map's maximum at full
+precision (float16 rounding ties the maxima of saturated maps, e.g. DRAEM's probabilities near
+1, which moved map-max image AUROC by 0.006 when recomputed from float16), the ground-truth
+masks (bit-packed), the labels, defect types and sample paths. The parent writes them as ``<record stem>.npz`` beside
 the record (atomically, like the record) and the record's ``predictions`` field names the file.
 
 ``adbench evaluate --results DIR`` recomputes every metric from these files with the same
@@ -30,6 +32,7 @@ class Collector:
         self.scores: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
         self.maps: list[np.ndarray] = []
+        self.map_max: list[np.ndarray] = []
         self.masks: list[np.ndarray] = []
         self.paths: list[str] = []
         self.defect_types: list[str] = []
@@ -38,7 +41,9 @@ class Collector:
         self.scores.append(np.asarray(scores, dtype=np.float64).reshape(-1))
         self.labels.append(np.asarray(labels, dtype=np.int8).reshape(-1))
         if maps is not None:
-            self.maps.append(np.asarray(maps, dtype=np.float16))
+            full = np.asarray(maps)
+            self.map_max.append(full.reshape(full.shape[0], -1).max(axis=1).astype(np.float64))
+            self.maps.append(full.astype(np.float16))
         if masks is not None:
             self.masks.append(np.asarray(masks, dtype=bool))
         self.paths.extend(str(p) for p in paths)
@@ -53,6 +58,7 @@ class Collector:
         }
         if self.maps:
             out["maps"] = np.concatenate(self.maps)
+            out["map_max"] = np.concatenate(self.map_max)
         if self.masks:
             masks = np.concatenate(self.masks)
             out["masks_packed"] = np.packbits(masks.reshape(-1))
@@ -111,13 +117,14 @@ def recompute(arrays: dict[str, np.ndarray], fpr_limit: float = 0.3, batch: int 
 
     evaluator = StreamingEvaluator(fpr_limit=fpr_limit)
     n = len(arrays["scores"])
-    maps, masks = arrays.get("maps"), arrays.get("masks")
+    maps, masks, map_max = arrays.get("maps"), arrays.get("masks"), arrays.get("map_max")
     for i in range(0, n, batch):
         sl = slice(i, i + batch)
         evaluator.update(scores=arrays["scores"][sl], labels=arrays["labels"][sl].astype(np.int64),
                          defect_types=list(arrays["defect_types"][sl]),
                          maps=None if maps is None else maps[sl].astype(np.float32),
-                         masks=None if masks is None else masks[sl])
+                         masks=None if masks is None else masks[sl],
+                         map_max=None if map_max is None or maps is None else map_max[sl])
     result = evaluator.compute()
     return result.to_dict() if hasattr(result, "to_dict") else dict(result)
 

@@ -175,7 +175,10 @@ class StreamingEvaluator:
 
     # ------------------------------------------------------------------------- update
     def update(self, scores, labels, defect_types: Optional[Sequence[str]] = None,
-               maps=None, masks=None) -> None:
+               maps=None, masks=None, map_max=None) -> None:
+        """One batch. ``map_max`` (optional, [B]): the per-image map maxima to use for the
+        ``*_mapmax`` metrics instead of the maxima of ``maps``, for maps stored at reduced
+        precision (saved float16 predictions keep the float32 maxima separately)."""
         s = np.asarray(scores, dtype=np.float64).reshape(-1)
         n = s.size
         check_finite(s, "image scores")
@@ -204,8 +207,11 @@ class StreamingEvaluator:
         self._has_maps = has_maps
         if has_maps:
             self._has_masks = has_masks
-            self._map_max.append(m.reshape(n, -1).max(axis=1).astype(np.float64) if m.size else
-                                 np.zeros(n))
+            if map_max is not None:
+                self._map_max.append(np.asarray(map_max, dtype=np.float64).reshape(n))
+            else:
+                self._map_max.append(m.reshape(n, -1).max(axis=1).astype(np.float64) if m.size else
+                                     np.zeros(n))
             self._n_pixels += m.size
             if has_masks:
                 self._add_pixels(m, g)
