@@ -65,3 +65,30 @@ def test_evaluate_cli(saved, tmp_path):
     assert result.exit_code == 1
     empty = CliRunner().invoke(main, ["evaluate", "--results", str(tmp_path)])
     assert empty.exit_code == 2 and "no records with saved predictions" in empty.output
+
+
+def test_map_maxima_survive_float16_maps():
+    """Saturated maps (maxima 0.9995x) collapse to one float16 value; the saved full-precision
+    maxima keep the map-max ranking, so a recompute matches the live evaluation."""
+    from adbench.metrics import StreamingEvaluator
+
+    maxima = np.array([0.99950, 0.99951, 0.99953, 0.99954], dtype=np.float32)
+    labels = np.array([0, 0, 1, 1])
+    maps = np.zeros((4, 8, 8), dtype=np.float32)
+    maps[:, 3, 3] = maxima
+    assert len(set(maps.astype(np.float16).reshape(4, -1).max(1).tolist())) < 4  # float16 ties them
+    masks = np.zeros((4, 8, 8), dtype=bool)
+    masks[2:, 3, 3] = True
+    live = StreamingEvaluator()
+    live.update(scores=np.arange(4.0), labels=labels, maps=maps, masks=masks)
+    collector = predictions.Collector()
+    collector.update(np.arange(4.0), labels, maps, masks, [f"{i}.png" for i in range(4)], ["good"] * 2 + ["x"] * 2)
+    arrays = collector.arrays()
+    arrays["masks"] = masks
+    again = predictions.recompute(arrays)["values"]
+    expected = live.compute().to_dict()["values"]
+    assert expected["image_auroc_mapmax"] == 1.0
+    assert again["image_auroc_mapmax"] == expected["image_auroc_mapmax"]
+    without = dict(arrays)
+    without.pop("map_max")  # files saved before the maxima were kept: float16 ties show
+    assert predictions.recompute(without)["values"]["image_auroc_mapmax"] < 1.0
