@@ -87,6 +87,8 @@ def base_record(job: Job, category: str, started: Optional[str] = None) -> dict[
         "versions": environment.versions(),
         "git_commit": environment.git_commit(),
         "host": environment.host(),
+        "torch_threads": None,  # intra-op threads of the job: float reductions (and so a
+        # training trajectory) can change with it, so it is part of reproducing a number
         "started": started or now(),
         "finished": None,
     }

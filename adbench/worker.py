@@ -107,6 +107,7 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
 
     device = resolve_device(job.device)
     seed_everything(job.seed, device)
+    threads = torch.get_num_threads()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -146,6 +147,7 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
                 device=str(device),
                 fit_seconds=round(fit_seconds, 3),
                 n_train_images=len(train),
+                torch_threads=threads,
             )
             records.append(record)
         peak_rss = round(environment.peak_rss_mb(), 1)

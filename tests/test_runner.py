@@ -58,6 +58,7 @@ def test_records_resume_rerun_and_seeds(kit, tmp_path):
     assert r["fit_seconds"] >= 0 and r["test_seconds"] > 0 and r["test_throughput"] > 0
     assert 50 < r["peak_rss_mb"] < 8000
     assert r["versions"]["torch"] and r["versions"]["python"] and "cpu_count" in r["host"]
+    assert isinstance(r["torch_threads"], int) and r["torch_threads"] >= 1
     assert r["record_extras"] == {"trained_on": ["obj_b"]}
     assert r["started"] <= r["finished"]
     # the record file name is the job key
