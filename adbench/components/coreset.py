@@ -95,20 +95,27 @@ def project(features, matrix: torch.Tensor, *, chunk: int = 65536, device=None) 
     return out
 
 
-def _start_distances(z: torch.Tensor, num_starts: int, gen: torch.Generator, true_features=None):
-    """Official PatchCore start: mean Euclidean distance to ``num_starts`` random points.
+def _random_starts(n: int, num_starts: int, gen: torch.Generator) -> torch.Tensor:
+    """Indices of the official PatchCore start: ``num_starts`` random rows."""
+    return torch.randperm(n, generator=gen)[: max(1, min(num_starts, n))]
 
-    With ``true_features`` also the same quantity in the original space (same random points):
-    returns ``(projected, original)``; otherwise the projected distances alone.
-    """
-    n = z.shape[0]
-    num_starts = max(1, min(num_starts, n))
-    starts = torch.randperm(n, generator=gen)[:num_starts].to(z.device)
-    projected = _mean_distance(z, z[starts])
+
+def _start_distances(z: torch.Tensor, num_starts: int, gen: torch.Generator) -> torch.Tensor:
+    """Official PatchCore start: mean Euclidean distance to ``num_starts`` random points."""
+    return _mean_distance(z, z[_random_starts(z.shape[0], num_starts, gen).to(z.device)])
+
+
+def _greedy_from_random_starts(z: torch.Tensor, k: int, gen: torch.Generator, num_starts: int,
+                               block_size: int, true_features=None) -> torch.Tensor:
+    """Greedy k-center from PatchCore's random-start distances; with ``true_features`` ranked by
+    original-space distances, started from the same random points in that space."""
+    starts = _random_starts(z.shape[0], num_starts, gen).to(z.device)
+    start = _mean_distance(z, z[starts])
     if true_features is None:
-        return projected
+        return greedy_coreset(z, k, start=start, block_size=block_size)
     anchors = _as_float_tensor(true_features[starts.cpu().numpy()], z.device)
-    return projected, _mean_distance(true_features, anchors, device=z.device)
+    return greedy_coreset(z, k, start=start, block_size=block_size, true_features=true_features,
+                          true_start=_mean_distance(true_features, anchors))
 
 
 def _mean_distance(rows, anchors: torch.Tensor, *, chunk: int = 8192, device=None) -> torch.Tensor:
@@ -176,6 +183,7 @@ def _greedy_loop(z, k, start, block_size, max_pending, true_features=None, true_
     if guided:
         crit = proj.clone() if true_start is None else true_start.to(z.device, torch.float32).clone().pow_(2)
         true_centers = torch.empty(k, int(true_features.shape[1]), dtype=torch.float32, device=z.device)
+        fetched = 0  # true_centers[:fetched] are read (one batched read per block update)
     centers = torch.empty(k, d, dtype=torch.float32, device=z.device)
     center_sq = torch.empty(k, dtype=torch.float32, device=z.device)
     blocks = [(s, min(s + block_size, n)) for s in range(0, n, block_size)]
@@ -199,6 +207,9 @@ def _greedy_loop(z, k, start, block_size, max_pending, true_features=None, true_
                 if not guided:
                     torch.minimum(p, nearest, out=p)
                     continue
+                if fetched < c1:
+                    true_centers[fetched:c1] = _as_float_tensor(true_features[picks[fetched:c1].numpy()], z.device)
+                    fetched = c1
                 rows = torch.nonzero(nearest < p).squeeze(1)
                 if rows.numel():
                     p[rows] = nearest[rows]
@@ -213,8 +224,6 @@ def _greedy_loop(z, k, start, block_size, max_pending, true_features=None, true_
         crit[i] = proj[i] = -1.0  # below any distance: never picked twice, even among duplicates
         centers[t] = z[i]
         center_sq[t] = sq[i]
-        if guided:
-            true_centers[t] = _as_float_tensor(true_features[np.array([i])], z.device)[0]
         t += 1
         heapq.heappush(heap, (neg_bound, b))  # stale upper bound; refreshed when it surfaces
     return picks
@@ -242,11 +251,8 @@ def approximate_greedy_coreset(
     dim = int(features.shape[1])
     matrix = random_projection(dim, proj_dim, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
     z = project(features, matrix, device=device)
-    if not true_distance or matrix.shape[0] == matrix.shape[1]:  # unprojected: already exact
-        start = _start_distances(z, num_starts, gen)
-        return greedy_coreset(z, k, start=start, block_size=block_size)
-    start, true_start = _start_distances(z, num_starts, gen, true_features=features)
-    return greedy_coreset(z, k, start=start, block_size=block_size, true_features=features, true_start=true_start)
+    guided = true_distance and matrix.shape[0] != matrix.shape[1]  # unprojected: already exact
+    return _greedy_from_random_starts(z, k, gen, num_starts, block_size, features if guided else None)
 
 
 def exact_greedy_kcenter(features, k: int, *, first: int = 0) -> torch.Tensor:
@@ -321,11 +327,7 @@ class TwoLevelCoreset:
         self.seen = 0
 
     def _select(self, z: torch.Tensor, keep: int, x) -> torch.Tensor:
-        if not self.true_distance:
-            start = _start_distances(z, self.num_starts, self.gen)
-            return greedy_coreset(z, keep, start=start, block_size=self.block_size)
-        start, true_start = _start_distances(z, self.num_starts, self.gen, true_features=x)
-        return greedy_coreset(z, keep, start=start, block_size=self.block_size, true_features=x, true_start=true_start)
+        return _greedy_from_random_starts(z, keep, self.gen, self.num_starts, self.block_size, x)
 
     def add(self, chunk) -> None:
         n = int(chunk.shape[0])
