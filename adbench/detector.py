@@ -83,6 +83,12 @@ class RunContext:
     workdir: Optional[str] = None
     categories: dict[str, CategoryInfo] = field(default_factory=dict)
 
+    @property
+    def allow_random_weights(self) -> bool:
+        """Only profiles that are not paper profiles may fall back to random backbone weights
+        (with a warning): a ``paper*`` profile reproduces a paper and never does silently."""
+        return not self.profile.startswith("paper")
+
 
 class Detector(abc.ABC):
     """Base class of all methods. Subclasses register with ``@register_method("name")``."""
@@ -128,7 +134,7 @@ class Detector(abc.ABC):
             layers,
             weights=self.context.weights,
             frozen=frozen,
-            allow_random_fallback=not self.context.profile.startswith("paper"),
+            allow_random_fallback=self.context.allow_random_weights,
         ).to(self.device)
 
     # --- the two verbs -------------------------------------------------------------------

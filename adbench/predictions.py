@@ -15,7 +15,6 @@ match exactly (same float64 scores), pixel metrics up to the float16 rounding of
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -79,16 +78,11 @@ def path_for(record_path: str | Path) -> Path:
 
 
 def save(record_path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Write ``arrays`` beside the record, atomically (temporary file + ``os.replace``)."""
+    """Write ``arrays`` beside the record, atomically, as the store writes records."""
+    from adbench.store import write_atomic
+
     path = path_for(record_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.stem}.{os.getpid()}.tmp.npz"
-    try:
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(path, lambda fh: np.savez_compressed(fh, **arrays))
     return path
 
 
@@ -124,9 +118,8 @@ def recompute(arrays: dict[str, np.ndarray], fpr_limit: float = 0.3, batch: int 
                          defect_types=list(arrays["defect_types"][sl]),
                          maps=None if maps is None else maps[sl].astype(np.float32),
                          masks=None if masks is None else masks[sl],
-                         map_max=None if map_max is None or maps is None else map_max[sl])
-    result = evaluator.compute()
-    return result.to_dict() if hasattr(result, "to_dict") else dict(result)
+                         map_max=None if map_max is None else map_max[sl])
+    return evaluator.compute().to_dict()
 
 
 def compare(record: dict[str, Any], arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, BinaryIO, Callable, Iterator, Optional
 
 from adbench.jobs import Job
 
@@ -85,12 +85,20 @@ def read_record(path: Path) -> Optional[dict[str, Any]]:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    text = json.dumps(_json_safe(data), indent=2, sort_keys=True, allow_nan=False)
+    write_atomic(path, lambda fh: fh.write((text + "\n").encode("utf-8")))
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write a file through ``write(binary file handle)`` so that readers see the old file or
+    the complete new one: a temporary sibling (``.<name>.<pid>.tmp``, which
+    ``Store.clean_stale_tmp`` removes after a killed writer), fsync, rename, fsync the folder."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}{TMP_SUFFIX}"
-    text = json.dumps(_json_safe(data), indent=2, sort_keys=True, allow_nan=False)
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+        with open(tmp, "wb") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -200,7 +200,7 @@ class CutPasteTrainer:
         self.sampler = CutPasteSampler(config.mode, jitter=config.patch_jitter, area_ratio=tuple(config.area_ratio),
                                        scar_width=tuple(config.scar_width), scar_length=tuple(config.scar_length))
         encoder, self.weights_tag = load_encoder(
-            config.backbone, config.pretrained, context.weights, allow_fallback=not context.profile.startswith("paper")
+            config.backbone, config.pretrained, context.weights, allow_fallback=context.allow_random_weights
         )
         self.net = CutPasteNet(encoder, tuple(config.head_dims), self.sampler.num_classes).to(context.device)
         self.rng = np.random.default_rng(context.seed)

@@ -173,7 +173,7 @@ class ToCoAD(PatchCore):
         self.trainer = None
         if cfg.stages != "none":
             self.trainer = ToCoADTrainer(
-                cfg, weights=self.context.weights, allow_random_fallback=not self.context.profile.startswith("paper"),
+                cfg, weights=self.context.weights, allow_random_fallback=self.context.allow_random_weights,
                 device=self.device, seed=self.context.seed, progress=self.context.progress,
             )
             # PatchCore's frozen extractor is replaced by the (to be fine-tuned) F
