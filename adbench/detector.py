@@ -29,6 +29,7 @@ import torch
 
 from adbench.config import MethodConfig
 from adbench.data import Batch, Preprocess
+from adbench.weights import NO_WEIGHTS, WeightsInfo
 
 if TYPE_CHECKING:  # only for the annotation: adbench.dataset is not needed at run time here
     from adbench.dataset import CategoryInfo
@@ -85,9 +86,15 @@ class RunContext:
 
     @property
     def allow_random_weights(self) -> bool:
-        """Only profiles that are not paper profiles may fall back to random backbone weights
-        (with a warning): a ``paper*`` profile reproduces a paper and never does silently."""
-        return not self.profile.startswith("paper")
+        """Whether missing pretrained weights may be replaced by random ones (with a warning)."""
+        return profile_allows_random_weights(self.profile)
+
+
+def profile_allows_random_weights(profile: str) -> bool:
+    """Only ``quick*`` profiles (CPU demos and tests) may fall back to random backbone weights,
+    with a warning. Every other profile (``paper*``, ``miad``, ``convnext`` ...) reproduces a
+    recipe whose numbers mean nothing on a random backbone, so it stops instead."""
+    return str(profile).startswith("quick")
 
 
 class Detector(abc.ABC):
@@ -120,13 +127,21 @@ class Detector(abc.ABC):
     def device(self) -> torch.device:
         return self.context.device
 
-    def pretrained_backbone(self, model_name: str, layers, *, frozen: bool = True):
-        """The shared timm feature extractor, under this job's weights policy.
+    @classmethod
+    def pretrained_tags(cls, config: MethodConfig) -> list[str]:
+        """The exact timm tags whose ImageNet weights this configuration loads, so the runner
+        can check them all before any job starts. Default: the config's ``backbone``, unless a
+        ``pretrained`` field says the network trains from scratch. A method with other
+        pretrained parts overrides this."""
+        backbone = getattr(config, "backbone", None)
+        if not backbone or not getattr(config, "pretrained", True):
+            return []
+        return [str(backbone)]
 
-        ``--weights`` (context.weights) wins; otherwise $ADBENCH_WEIGHTS_DIR, then timm. Only
-        profiles that are not paper profiles (``quick``, ``quick_pretrained``...) may fall
-        back to random weights, with a warning: a ``paper*`` profile never does silently.
-        """
+    def pretrained_backbone(self, model_name: str, layers, *, frozen: bool = True):
+        """The shared timm feature extractor, under this job's weights policy
+        (``adbench.weights``: ``--weights`` wins, then $ADBENCH_WEIGHTS_DIR, then timm's
+        download of the exact tag; only ``quick*`` profiles may fall back to random weights)."""
         from adbench.components.backbone import Backbone
 
         return Backbone(
@@ -147,9 +162,11 @@ class Detector(abc.ABC):
         """Score one test batch."""
 
     # --- what the record says about the trained model ---------------------------------------
-    def weights_tag(self) -> str:
-        """Where the pretrained weights came from (``imagenet:<file>``, ``random``, ``none``)."""
-        return "none"
+    def weights_info(self) -> WeightsInfo:
+        """What the pretrained part was initialised with (exact tag, source file, sha256);
+        ``NO_WEIGHTS`` for methods without a pretrained network. Methods with a backbone
+        return its ``weights``."""
+        return NO_WEIGHTS
 
     def num_parameters(self) -> int:
         """Parameters of the trained model (0 for non-parametric parts like memory banks)."""

@@ -9,7 +9,9 @@ Fields (all records, ok or failed):
 * ``metrics``: every metric key with its value, ``null`` when undefined; ``undefined``: metric
   -> reason; ``per_defect``: defect type -> {image_auroc, n}; ``counts``
 * ``geometry`` (``Preprocess.describe()``), ``n_defect_cropped``
-* ``weights_tag`` (what the detector loaded), ``n_parameters``, ``record_extras``
+* ``weights_tag`` (the exact timm tag the detector loaded, ``random`` or ``none``),
+  ``weights_source`` (which file, or timm's download) and ``weights_sha256`` (of that file),
+  ``n_parameters``, ``record_extras``
 * ``fit_seconds``, ``test_seconds`` (whole test pass: decoding, predict, metrics),
   ``predict_seconds`` (sum of ``predict`` calls), ``test_throughput`` (test images per second
   of ``predict``; images already decoded), ``test_throughput_end_to_end``
@@ -74,6 +76,8 @@ def base_record(job: Job, category: str, started: Optional[str] = None) -> dict[
         "geometry": None,
         "n_defect_cropped": None,
         "weights_tag": None,
+        "weights_source": None,
+        "weights_sha256": None,
         "n_parameters": None,
         "record_extras": {},
         "fit_seconds": None,

@@ -91,6 +91,8 @@ def plan_run(opts: RunOptions) -> Plan:
     dataset_cls = DATASETS.get(opts.dataset)
 
     notes: list[str] = []
+    if (opts.method or "all").strip() == "all":
+        methods = _with_profile(methods, opts.profile, notes)
     if opts.protocol == "unified":
         able = [m for m in methods if "unified" in getattr(METHODS.get(m), "protocols", ("single",))]
         unable = [m for m in methods if m not in able]
@@ -104,13 +106,14 @@ def plan_run(opts: RunOptions) -> Plan:
         methods = able
 
     configs = resolve_configs(methods, opts, notes)
+    weights = _check_weights(opts.weights)
+    notes.extend(check_pretrained_weights(configs, opts.profile, weights))
 
     adapter = dataset_cls(opts.data_root)
     categories = adapter.select(parse_list(opts.category))
     validate_categories(adapter, categories)
     kinds = {c: adapter.category_info(c).kind for c in categories}
 
-    weights = _check_weights(opts.weights)
     data_root = str(Path(opts.data_root).expanduser().resolve()) if opts.data_root else None
     jobs: list[Job] = []
     for method in methods:
@@ -177,6 +180,37 @@ def resolve_configs(methods: list[str], opts: RunOptions, notes: Optional[list[s
         configs[method] = resolve_config(cls.Config, cls.PROFILES, opts.profile, overrides,
                                          method=method, strict=True)
     return configs
+
+
+def _with_profile(methods: list[str], profile: str, notes: list[str]) -> list[str]:
+    """``--method all``: the methods that define ``profile``; the others are skipped with a note
+    each (``--profile miad`` runs the six methods the MIAD benchmark ran). A method named
+    explicitly without the profile stays an error (``resolve_config`` says which profiles exist)."""
+    from adbench.registry import METHODS
+
+    able = [m for m in methods if profile == "paper" or profile in METHODS.get(m).PROFILES]
+    if not able:
+        raise ConfigError(f"--profile {profile!r}: no registered method defines it")
+    for m in methods:
+        if m not in able:
+            notes.append(f"skipping {m}: it has no {profile!r} profile")
+    return able
+
+
+def check_pretrained_weights(configs: dict[str, Any], profile: str, weights: Optional[str]) -> list[str]:
+    """Every exact timm tag the grid loads must be available before any job starts: one
+    WeightsError (exit 2) naming each missing tag, instead of a failed record per job. Returns
+    notes: tags that ``quick*`` profiles will replace by random weights."""
+    from adbench.detector import profile_allows_random_weights
+    from adbench.registry import METHODS
+    from adbench.weights import check_available, exact_tag
+
+    needs: dict[str, list[str]] = {}
+    for method, config in configs.items():
+        for tag in METHODS.get(method).pretrained_tags(config):
+            needs.setdefault(exact_tag(tag), []).append(method)
+    allowed = {m: profile_allows_random_weights(profile) for m in configs}
+    return check_available(needs, weights, random_allowed=allowed)
 
 
 def validate_categories(adapter, categories: list[str]) -> None:

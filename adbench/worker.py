@@ -141,7 +141,7 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
                 status="ok",
                 category_kind=adapter.category_info(category).kind,
                 geometry=preprocess.describe(),
-                weights_tag=str(detector.weights_tag()),
+                **detector.weights_info().record_fields(),
                 n_parameters=int(detector.num_parameters()),
                 record_extras=detector.record_extras() or {},
                 device=str(device),

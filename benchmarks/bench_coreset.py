@@ -46,7 +46,7 @@ def bottle_embeddings(n_images: int):
 
     pre = Preprocess(256, 224)
     files = sorted(folder.iterdir())[:n_images]
-    bb = Backbone("tf_efficientnet_lite0", (2, 3))
+    bb = Backbone("tf_efficientnet_lite0.in1k", (2, 3))
     agg = PatchAggregator(bb.channels)
     out = []
     with torch.no_grad():

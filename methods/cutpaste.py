@@ -54,14 +54,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from adbench.components.backbone import load_weights_into, weights_file_for
 from adbench.components.gde import GaussianDensity
 from adbench.components.synth import CutPasteSampler, color_jitter
 from adbench.config import MethodConfig
 from adbench.data import Batch, load_all_images
 from adbench.detector import Detector, Prediction
-from adbench.errors import ConfigError, DataError, WeightsError
+from adbench.errors import DataError
 from adbench.registry import register_method
+from adbench.weights import NO_WEIGHTS, WeightsInfo, exact_tag, load_pretrained
 
 
 @dataclass
@@ -90,36 +90,21 @@ class CutPasteConfig(MethodConfig):
     num_threads: Optional[int] = None
 
 
-def load_encoder(name: str, pretrained: bool, weights: Optional[str], allow_fallback: bool) -> tuple[nn.Module, str]:
+def load_encoder(name: str, pretrained: bool, weights: Optional[str], allow_fallback: bool) -> tuple[nn.Module, WeightsInfo]:
     """timm model with its classifier removed (``num_classes=0``: forward = pooled features).
 
-    Weights follow adbench's rule (``--weights PATH`` > ``$ADBENCH_WEIGHTS_DIR/<name>.pth`` >
-    timm download > random only when allowed); ``pretrained=False`` is the paper's from-scratch
-    training and is tagged ``random``.
+    ``name`` is an exact timm tag; its weights follow adbench's rule (``adbench.weights``).
+    ``pretrained=False`` is the paper's from-scratch training (no weights are looked for).
     """
     import timm
 
-    if not timm.is_model(name):
-        raise ConfigError(f"--set backbone={name}: unknown timm model")
-    model = timm.create_model(name, pretrained=False, num_classes=0)
-    if not pretrained or weights == "random":
-        return model, "random"
-    from pathlib import Path
-
-    path = Path(weights).expanduser() if weights else weights_file_for(name)
-    if path is not None:
-        load_weights_into(model, path, name)
-        return model, (f"file:{path.name}" if weights else f"imagenet:{path.name}")
-    try:
-        full = timm.create_model(name, pretrained=True, num_classes=0)
-        return full, f"timm:{name}"
-    except Exception as exc:  # no internet here
-        if allow_fallback:
-            import warnings
-
-            warnings.warn(f"no weights for {name} ({str(exc)[:120]}); using RANDOM weights", stacklevel=2)
-            return model, "random"
-        raise WeightsError(f"no pretrained weights for {name}: pass --weights PATH or put {name}.pth in $ADBENCH_WEIGHTS_DIR") from None
+    tag = exact_tag(name)
+    model = timm.create_model(tag, pretrained=False, num_classes=0)
+    if not pretrained:
+        return model, WeightsInfo("random", "from scratch")
+    info = load_pretrained(model, tag, weights, allow_random_fallback=allow_fallback,
+                           full_model_factory=lambda: timm.create_model(tag, pretrained=True, num_classes=0))
+    return model, info
 
 
 class CutPasteNet(nn.Module):
@@ -199,7 +184,7 @@ class CutPasteTrainer:
         self.crop = crop
         self.sampler = CutPasteSampler(config.mode, jitter=config.patch_jitter, area_ratio=tuple(config.area_ratio),
                                        scar_width=tuple(config.scar_width), scar_length=tuple(config.scar_length))
-        encoder, self.weights_tag = load_encoder(
+        encoder, self.weights = load_encoder(
             config.backbone, config.pretrained, context.weights, allow_fallback=context.allow_random_weights
         )
         self.net = CutPasteNet(encoder, tuple(config.head_dims), self.sampler.num_classes).to(context.device)
@@ -308,13 +293,13 @@ class CutPaste(Detector):
     Config = CutPasteConfig
     PROFILES = {
         "paper": {},
-        "paper_pretrained": {"backbone": "efficientnet_b4", "pretrained": True, "batch_size": 24,
+        "paper_pretrained": {"backbone": "tf_efficientnet_b4.aa_in1k", "pretrained": True, "batch_size": 24,
                              "head_only_epochs": 10, "epochs": 64, "finetune_lr": 1e-4, "freeze_bn": True},
         # CPU budget (DESIGN.md: quick = tf_efficientnet_lite0 with its ImageNet weights): the
         # EfficientNet recipe of appendix A.4 shrunk to 128 px, batch 24 (8 images x 3), 15
         # head-only steps at lr 0.03, then 30 steps of all layers at lr 1e-3 with batch-norm
         # frozen (0.55 s per step on 2 idle cores).
-        "quick": {"backbone": "tf_efficientnet_lite0", "pretrained": True, "image_size": 128,
+        "quick": {"backbone": "tf_efficientnet_lite0.in1k", "pretrained": True, "image_size": 128,
                   "batch_size": 24, "head_only_epochs": 1, "epochs": 2, "steps_per_epoch": 15,
                   "finetune_lr": 1e-3, "freeze_bn": True},
         # the paper's from-scratch ResNet-18 at a CPU budget: 128 px, 3 x 10 images per step,
@@ -337,8 +322,8 @@ class CutPaste(Detector):
         feats = self.trainer.embed(batch.images)
         return Prediction(scores=self.gde.score(feats), maps=None)
 
-    def weights_tag(self) -> str:
-        return self.trainer.weights_tag if hasattr(self, "trainer") else "none"
+    def weights_info(self) -> WeightsInfo:
+        return self.trainer.weights if hasattr(self, "trainer") else NO_WEIGHTS
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.trainer.net.parameters()) if hasattr(self, "trainer") else 0

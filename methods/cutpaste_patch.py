@@ -178,8 +178,10 @@ class CutPastePatch(Detector):
         maps = upsample_scores(scores, cfg.patch_size, cfg.test_stride, tuple(batch.images.shape[-2:]), sigma)
         return Prediction(scores=maps.flatten(1).amax(1), maps=maps)
 
-    def weights_tag(self) -> str:
-        return self.trainer.weights_tag if hasattr(self, "trainer") else "none"
+    def weights_info(self):
+        from adbench.weights import NO_WEIGHTS
+
+        return self.trainer.weights if hasattr(self, "trainer") else NO_WEIGHTS
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.trainer.net.parameters()) if hasattr(self, "trainer") else 0

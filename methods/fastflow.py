@@ -45,7 +45,7 @@ from adbench.registry import register_method
 
 @dataclass
 class FastFlowConfig(MethodConfig):
-    backbone: str = "wide_resnet50_2"
+    backbone: str = "wide_resnet50_2.racm_in1k"  # what the reference implementation loaded (docstring)
     layers: tuple[int, ...] = (1, 2, 3)
     flow_steps: int = 8
     hidden_ratio: float = 1.0
@@ -122,7 +122,7 @@ class FastFlow(Detector):
         # shared 2-core CPU (one torch thread, load 17-34): MVTec bottle job 7.1 min (fit
         # 364 s); magnetic_tile ~33 min under load ~30 (over its 20-min budget there: the CPU
         # was shared by ~15 busy processes).
-        "quick": {"backbone": "tf_efficientnet_lite0", "epochs": 10, "cache_features": True},
+        "quick": {"backbone": "tf_efficientnet_lite0.in1k", "epochs": 10, "cache_features": True},
     }
     produces_maps = True
     protocols = ("single",)
@@ -176,8 +176,8 @@ class FastFlow(Detector):
         maps = anomaly_map(zs, tuple(images.shape[-2:]))
         return Prediction(scores=maps.flatten(1).max(dim=1).values, maps=maps)
 
-    def weights_tag(self) -> str:
-        return self.backbone.weights_tag
+    def weights_info(self):
+        return self.backbone.weights
 
     def record_extras(self) -> dict:
         trainable = sum(p.numel() for m in (self.norms, self.flows) for p in m.parameters() if p.requires_grad)

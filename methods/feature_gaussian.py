@@ -50,7 +50,7 @@ class FeatureGaussianConfig(MethodConfig):
     image_size: int = 256
     crop_size: Optional[int] = 224
     batch_size: int = 32
-    backbone: str = "wide_resnet50_2"
+    backbone: str = "wide_resnet50_2.tv_in1k"
     layers: tuple[int, ...] = (1, 2, 3)
     grid_stride: int = 4
     feature_dims: Optional[int] = 550  # random channel subset; None keeps all channels
@@ -67,7 +67,7 @@ class FeatureGaussian(Detector):
     PROFILES = {
         "paper": {},
         "quick": {
-            "backbone": "tf_efficientnet_lite0",
+            "backbone": "tf_efficientnet_lite0.in1k",
             "crop_size": None,
             "grid_stride": 8,
             "feature_dims": 100,
@@ -200,8 +200,8 @@ class FeatureGaussian(Detector):
         maps = gaussian_blur(maps[:, 0], self.config.map_sigma)
         return Prediction(scores=maps.flatten(1).amax(1).cpu(), maps=maps.cpu())
 
-    def weights_tag(self) -> str:
-        return self.backbone.weights_tag
+    def weights_info(self):
+        return self.backbone.weights
 
     def record_extras(self) -> dict:
         return {

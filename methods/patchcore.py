@@ -73,7 +73,7 @@ class PatchCoreConfig(MethodConfig):
     image_size: int = 256
     crop_size: Optional[int] = 224
     batch_size: int = 16
-    backbone: str = "wide_resnet50_2"
+    backbone: str = "wide_resnet50_2.tv_in1k"
     layers: tuple[int, ...] = (2, 3)
     patch_size: int = 3
     pretrain_embed_dim: int = 1024
@@ -97,7 +97,7 @@ class PatchCore(Detector):
     """Nearest-neighbour distance to a coreset of locally aggregated ImageNet patch features."""
 
     Config = PatchCoreConfig
-    PROFILES = {"paper": {}, "quick": {"backbone": "tf_efficientnet_lite0"}}
+    PROFILES = {"paper": {}, "quick": {"backbone": "tf_efficientnet_lite0.in1k"}}
     produces_maps = True
     protocols = ("single", "unified")
 
@@ -220,8 +220,8 @@ class PatchCore(Detector):
         return out
 
     # --- what the record says -----------------------------------------------------------------
-    def weights_tag(self) -> str:
-        return self.backbone.weights_tag
+    def weights_info(self):
+        return self.backbone.weights
 
     def record_extras(self) -> dict:
         return dict(self.facts)

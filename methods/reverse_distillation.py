@@ -53,7 +53,7 @@ from adbench.registry import register_method
 
 @dataclass
 class ReverseDistillationConfig(MethodConfig):
-    backbone: str = "wide_resnet50_2"
+    backbone: str = "wide_resnet50_2.tv_in1k"
     layers: tuple[int, ...] = (1, 2, 3)
     epochs: int = 200
     lr: float = 0.005
@@ -211,7 +211,7 @@ class ReverseDistillation(Detector):
         # Measured on the shared 2-core CPU (load 17-28, one torch thread): MVTec bottle job
         # 7.6 min (fit 407 s), magnetic_tile 17.5 min (fit 875 s, test 153 s).
         "quick": {
-            "backbone": "tf_efficientnet_lite0",
+            "backbone": "tf_efficientnet_lite0.in1k",
             "epochs": 20,
             "oce_blocks": 1,
             "decoder_blocks": (1, 1, 1),
@@ -260,8 +260,8 @@ class ReverseDistillation(Detector):
         maps = gaussian_blur(maps, self.config.blur_sigma)
         return Prediction(scores=maps.flatten(1).max(dim=1).values, maps=maps)
 
-    def weights_tag(self) -> str:
-        return self.teacher.weights_tag
+    def weights_info(self):
+        return self.teacher.weights
 
     def record_extras(self) -> dict:
         trainable = sum(p.numel() for m in (self.bottleneck, self.student) for p in m.parameters())

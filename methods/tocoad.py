@@ -126,7 +126,7 @@ class _PickLayers(nn.Module):
         super().__init__()
         self.extractor, self.picks = extractor, list(picks)
         self.channels = [extractor.channels[i] for i in self.picks]
-        self.weights_tag = extractor.weights_tag
+        self.weights = extractor.weights
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -142,7 +142,7 @@ class ToCoAD(PatchCore):
     PROFILES = {
         "paper": {},
         "quick": {
-            "backbone": "tf_efficientnet_lite0",
+            "backbone": "tf_efficientnet_lite0.in1k",
             "dnp_width": 64,
             "proj_dim": 256,
             "batch_size": 8,
@@ -152,7 +152,7 @@ class ToCoAD(PatchCore):
             "steps_per_epoch": 5,
         },
         "convnext": {
-            "backbone": "convnext_tiny",
+            "backbone": "convnext_tiny.fb_in1k",
             "layers": (1, 2),
             "dnp_layers": (0, 1, 2),
             "contrastive_layers": (2, 3),

@@ -68,7 +68,7 @@ class UniADConfig(MethodConfig):
     image_size: int = 224  # MIAD appendix / official config: 224 x 224 resize
     crop_size: Optional[int] = None
     batch_size: int = 64  # MIAD appendix (official: 8 per GPU x 8 GPUs)
-    backbone: str = "efficientnet_b4"
+    backbone: str = "tf_efficientnet_b4.aa_in1k"
     layers: tuple[int, ...] = (0, 1, 2, 3)  # stages 1-4: 272 channels for B4
     hidden_dim: int = 256
     heads: int = 8
@@ -102,7 +102,7 @@ class UniAD(Detector):
         # the paper's batch 64 / 1e-4 in 10 epochs. Estimated ~5 min bottle / ~15 min
         # magnetic_tile on free cores; see results/ for what was measured under load.
         "quick": {
-            "backbone": "tf_efficientnet_lite0", "hidden_dim": 128, "encoder_layers": 2,
+            "backbone": "tf_efficientnet_lite0.in1k", "hidden_dim": 128, "encoder_layers": 2,
             "decoder_layers": 2, "ff_dim": 512, "batch_size": 16, "lr": 1e-3, "epochs": 10,
             "lr_step_epoch": 10,
         },
@@ -225,8 +225,8 @@ class UniAD(Detector):
         return Prediction(scores=scores.cpu(), maps=maps.cpu())
 
     # --- record --------------------------------------------------------------------------------
-    def weights_tag(self) -> str:
-        return self.backbone.weights_tag
+    def weights_info(self):
+        return self.backbone.weights
 
     def record_extras(self) -> dict:
         return {

@@ -7,6 +7,7 @@ show the user sees no traceback (and sees one with ``--debug``).
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -114,3 +115,31 @@ def test_subprocess_no_traceback_unless_debug(tmp_path, data):
     assert out.stdout == ""
     debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, env=env, timeout=300)
     assert debug.returncode == 2 and "Traceback" in debug.stderr and "DataError" in debug.stderr
+
+
+def test_missing_paper_weights_stop_the_run_before_any_job(tmp_path, data, monkeypatch):
+    """Offline, a paper profile's exact tag is missing: one exit-2 line per missing tag, naming
+    it, before any job (no record), not a failed record per job. Quick profiles warn instead."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("ADBENCH_WEIGHTS_DIR", str(tmp_path / "no_weights_here"))
+    base = ["--dataset", "kitgen", "--data-root", str(data)]
+    r, res = _run(tmp_path, "--method", "patchcore,reverse_distillation", *base)
+    _assert_user_error(r, res, "no pretrained weights for wide_resnet50_2.tv_in1k (offline)", lines=1)
+    assert "[needed by patchcore, reverse_distillation]" in r.stderr
+    r, res = _run(tmp_path, "--method", "uniad,patchcore", *base)
+    _assert_user_error(r, res, "no pretrained weights for tf_efficientnet_b4.aa_in1k (offline)",
+                       "no pretrained weights for wide_resnet50_2.tv_in1k (offline)", lines=2)
+    # a miad profile may not quietly train on a random backbone either
+    r, res = _run(tmp_path, "--method", "tocoad", "--profile", "convnext", *base)
+    _assert_user_error(r, res, "no pretrained weights for convnext_tiny.fb_in1k", lines=1)
+
+
+def test_quick_profile_without_weights_warns_once_up_front_and_runs(tmp_path, data, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("ADBENCH_WEIGHTS_DIR", str(tmp_path / "no_weights_here"))
+    r, res = _run(tmp_path, "--method", "patchcore", "--profile", "quick", "--dataset", "kitgen",
+                  "--data-root", str(data), "--category", "obj_b", "--set", "image_size=64", "--set", "crop_size=none")
+    assert r.exit_code == 0, r.output
+    assert r.stderr.count("note: no weights for tf_efficientnet_lite0.in1k (offline") == 1
+    record = json.loads(next(res.rglob("*.json")).read_text())
+    assert record["weights_tag"] == "random" and record["weights_source"].startswith("random (fallback")

@@ -119,13 +119,13 @@ def test_feature_gaussian_config_checks_and_determinism():
     b.fit([batch_of(images)])
     pa, pb = a.predict(batch_of(images[:2])), b.predict(batch_of(images[:2]))
     assert torch.equal(pa.scores, pb.scores) and pa.maps.shape == (2, 64, 64)
-    assert a.weights_tag() == "random"
+    assert a.weights_info().tag == "random"
 
 
 def test_paper_profile_geometry_with_random_weights():
     """PaDiM's set-up: WRN-50-2 layers 1-3, 56x56 grid at 224 px, 550 random dimensions."""
     det = make_detector("feature_gaussian", profile="paper", weights="random", image_size=72, crop_size=64)
-    assert det.config.backbone == "wide_resnet50_2" and det.channel_index.numel() == 550
+    assert det.config.backbone == "wide_resnet50_2.tv_in1k" and det.channel_index.numel() == 550
     assert sum(det.backbone.channels) == 1792
     assert det.preprocess().output_size == 64
     assert det.embed(torch.rand(1, 3, 64, 64)).shape == (1, 16 * 16, 550)
@@ -140,7 +140,7 @@ def test_synthetic_set_separates_pixel_and_feature_baselines(synthetic_root, sha
         index = ds.index(cat)
         naive, _ = evaluate(make_detector("mean_image"), index)
         feature_det = make_detector("feature_gaussian")
-        assert feature_det.weights_tag().startswith("imagenet:")
+        assert feature_det.weights_info().tag == "tf_efficientnet_lite0.in1k"
         feature, _ = evaluate(feature_det, index)
         results[cat] = (naive, feature)
     print("image AUROC (mean_image, feature_gaussian):", results)

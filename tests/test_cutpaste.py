@@ -71,7 +71,7 @@ def test_profiles_resolve_and_paper_values():
     assert (cfg.epochs, cfg.steps_per_epoch) == (256, 256)
     pre = resolve_config(CutPaste.Config, CutPaste.PROFILES, "paper_pretrained")
     assert (pre.backbone, pre.head_only_epochs, pre.epochs, pre.finetune_lr, pre.freeze_bn, pre.batch_size) == (
-        "efficientnet_b4", 10, 64, 1e-4, True, 24)
+        "tf_efficientnet_b4.aa_in1k", 10, 64, 1e-4, True, 24)
     patch = resolve_config(CutPastePatch.Config, CutPastePatch.PROFILES, "paper")
     assert (patch.patch_size, patch.test_stride, patch.image_size) == (32, 4, 256)
     assert CutPaste.produces_maps is False and CutPastePatch.produces_maps is True
@@ -136,7 +136,7 @@ def test_image_level_detects_generated_defects_without_maps(shared_weights):
     )
     det = CutPaste(cfg, RunContext(seed=0, profile="quick"))
     det.fit(_batches(train))
-    assert det.weights_tag().startswith("imagenet:")
+    assert det.weights_info().tag == "tf_efficientnet_lite0.in1k"
     preds = [det.predict(b) for b in _batches(test, labels)]
     assert all(p.maps is None for p in preds)
     scores = np.concatenate([p.numpy()[0] for p in preds])

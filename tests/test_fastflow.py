@@ -21,10 +21,10 @@ def _ff():
 def test_paper_profile_matches_the_sources():
     cls = _ff()
     cfg = resolve_config(cls.Config, cls.PROFILES, "paper")
-    assert (cfg.backbone, tuple(cfg.layers), cfg.image_size, cfg.crop_size) == ("wide_resnet50_2", (1, 2, 3), 256, None)
+    assert (cfg.backbone, tuple(cfg.layers), cfg.image_size, cfg.crop_size) == ("wide_resnet50_2.racm_in1k", (1, 2, 3), 256, None)
     assert (cfg.flow_steps, cfg.hidden_ratio, cfg.clamp, cfg.conv3x3_only) == (8, 1.0, 2.0, False)
     assert (cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.epochs, cfg.cache_features) == (1e-3, 1e-5, 32, 500, False)
-    assert resolve_config(cls.Config, cls.PROFILES, "quick").backbone == "tf_efficientnet_lite0"
+    assert resolve_config(cls.Config, cls.PROFILES, "quick").backbone == "tf_efficientnet_lite0.in1k"
 
 
 def _random_flow(shape, steps=4):
@@ -84,7 +84,7 @@ def test_separates_a_generated_category_with_pretrained_features(shared_weights)
     np.random.seed(0)
     cfg = resolve_config(cls.Config, cls.PROFILES, "quick", {"image_size": SIZE, "batch_size": 16, "epochs": 5})
     det = cls(cfg, RunContext(profile="quick", seed=0))
-    assert det.weights_tag().startswith("imagenet:")
+    assert det.weights_info().tag == "tf_efficientnet_lite0.in1k"
     det.fit(batches)
     assert det.loss_history[-1] < det.loss_history[0]
     pred = det.predict(_batch(test))

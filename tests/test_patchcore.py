@@ -65,8 +65,8 @@ def test_paper_profile_geometry_and_registration():
     cls = METHODS.get("patchcore")
     cfg = resolve_config(cls.Config, cls.PROFILES, "paper", {}, method="patchcore")
     det = make(profile="paper", image_size=64, crop_size=None)
-    assert (cfg.backbone, cfg.layers, cfg.coreset_ratio, cfg.image_size, cfg.crop_size) == ("wide_resnet50_2", (2, 3), 0.1, 256, 224)
-    assert det.backbone.strides == [8, 16] and det.weights_tag() == "random"
+    assert (cfg.backbone, cfg.layers, cfg.coreset_ratio, cfg.image_size, cfg.crop_size) == ("wide_resnet50_2.tv_in1k", (2, 3), 0.1, 256, 224)
+    assert det.backbone.strides == [8, 16] and det.weights_info().tag == "random"
     assert det.embed(torch.rand(1, 3, 64, 64)).shape == (1, 1024, 8, 8)
 
 

@@ -28,11 +28,11 @@ def _make(overrides, weights=None, seed=0):
 def test_paper_profile_matches_the_sources():
     cls = _rd()
     cfg = resolve_config(cls.Config, cls.PROFILES, "paper")
-    assert (cfg.backbone, tuple(cfg.layers), cfg.image_size, cfg.crop_size) == ("wide_resnet50_2", (1, 2, 3), 256, None)
+    assert (cfg.backbone, tuple(cfg.layers), cfg.image_size, cfg.crop_size) == ("wide_resnet50_2.tv_in1k", (1, 2, 3), 256, None)
     assert (cfg.lr, cfg.beta1, cfg.beta2, cfg.batch_size, cfg.epochs, cfg.blur_sigma) == (0.005, 0.5, 0.999, 32, 200, 4.0)
     assert (cfg.oce_blocks, tuple(cfg.decoder_blocks), cfg.cache_features) == (3, (3, 4, 6), False)
     quick = resolve_config(cls.Config, cls.PROFILES, "quick")
-    assert quick.backbone == "tf_efficientnet_lite0"
+    assert quick.backbone == "tf_efficientnet_lite0.in1k"
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "tf_efficientnet_lite0"])
@@ -81,7 +81,7 @@ def test_fit_is_deterministic_and_the_loss_falls():
 def test_separates_a_generated_category_with_pretrained_features(shared_weights):
     batches, test, labels = make_category()
     det = _make({"epochs": 6})
-    assert det.weights_tag().startswith("imagenet:")
+    assert det.weights_info().tag == "tf_efficientnet_lite0.in1k"
     det.fit(batches)
     assert det.loss_history[-1] < det.loss_history[0]
     pred = det.predict(_batch(test))

@@ -68,10 +68,10 @@ def test_registered_and_profiles():
     assert METHODS.get("tocoad") is ToCoAD
     cfg = resolve_config(ToCoADConfig, ToCoAD.PROFILES, "paper")
     assert (cfg.backbone, cfg.layers, cfg.contrastive_layers, cfg.coreset_ratio, cfg.reweight_b) == (
-        "wide_resnet50_2", (2, 3), (3, 4), 0.1, 9)
+        "wide_resnet50_2.tv_in1k", (2, 3), (3, 4), 0.1, 9)
     assert (cfg.dnp_epochs, cfg.ncl_epochs, cfg.batch_size, cfg.image_size, cfg.crop_size, cfg.lam) == (100, 100, 16, 256, 224, 0.5)
     quick = resolve_config(ToCoADConfig, ToCoAD.PROFILES, "quick", {"stages": "ncl", "contrastive_layers": "2,3,4"})
-    assert quick.backbone == "tf_efficientnet_lite0" and quick.contrastive_layers == (2, 3, 4)
+    assert quick.backbone == "tf_efficientnet_lite0.in1k" and quick.contrastive_layers == (2, 3, 4)
 
 
 def test_stage1_discriminator_segments_held_out_synthetic_anomalies(shared_weights):

@@ -104,11 +104,11 @@ def test_jitter_is_active_only_in_training_mode():
 # --- the detector ------------------------------------------------------------------------------
 def test_channels_come_from_the_backbone():
     det = make_detector(profile="paper", overrides={"neighbour_size": 7})
-    assert det.config.backbone == "efficientnet_b4"
+    assert det.config.backbone == "tf_efficientnet_b4.aa_in1k"
     assert sum(det.backbone.channels) == 272 and det.grid == (14, 14)  # paper: 272 ch, 14x14
     assert det.model.input_proj.in_features == 272
     quick = make_detector()
-    assert quick.config.backbone == "tf_efficientnet_lite0"
+    assert quick.config.backbone == "tf_efficientnet_lite0.in1k"
     assert quick.model.input_proj.in_features == 16 + 24 + 40 + 112
     with pytest.raises(ConfigError, match="image_size"):
         make_detector({"image_size": 100})
@@ -164,7 +164,7 @@ def evaluate(det, test, pre):
 def test_loss_falls_and_detects_a_generated_category(tmp_path, shared_weights):
     det = make_detector({"image_size": 96, "epochs": 10, "batch_size": 8, "lr": 1e-3,
                          "hidden_dim": 64, "ff_dim": 128}, weights=None)
-    assert det.weights_tag().startswith("imagenet:")
+    assert det.weights_info().tag == "tf_efficientnet_lite0.in1k"
     train, test = make_category(tmp_path, "stripes", seed=1, size=96, n_train=16)
     pre = det.preprocess()
     det.fit(make_loader(train, pre, batch_size=8, train=True, seed=0))
