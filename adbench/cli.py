@@ -2,8 +2,9 @@
 evaluate (metrics again from saved predictions), compare (paired bootstrap), plot.
 
 Exit codes: 0 everything ok; 1 some job failed (its record says why; the others ran);
-2 a user error (bad option, unknown name, bad data), reported as one ``error: ...`` line per
-problem before any training starts, without traceback unless ``--debug``; 130 interrupted.
+2 a user error (bad option, unknown name, bad data, a results folder that cannot be written),
+reported as one ``error: ...`` line per problem, without traceback unless ``--debug``;
+130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Optional
 
 import click
 
-from adbench.errors import UserError
+from adbench.errors import Terminated, UserError
 
 
 def _fail(exc: UserError, debug: bool) -> None:
@@ -31,10 +32,17 @@ def _guard(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         debug = bool(kwargs.get("debug"))
+        from adbench import store
+
+        store.reset_warnings()  # one warning per bad file and command (tests run many in one process)
         try:
             return func(*args, **kwargs)
         except UserError as exc:
             _fail(exc, debug)
+        except Terminated:
+            click.echo("terminated (SIGTERM): jobs in flight were stopped, finished jobs are stored; "
+                       "rerun the same command to resume", err=True)
+            sys.exit(Terminated.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted: finished jobs are stored; rerun the same command to resume", err=True)
             sys.exit(130)
@@ -42,10 +50,27 @@ def _guard(func):
     return wrapper
 
 
+def _raise_on_sigterm() -> None:
+    """Make SIGTERM behave like Ctrl-C in a run (children stopped, finished records kept)."""
+    import signal
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. an embedding application): leave it alone
+        pass
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="adbench")
 def main() -> None:
     """adbench: benchmark visual anomaly detectors over dataset categories."""
+    # file names that are not valid UTF-8 (surrogate-escaped by Python) must print, not crash
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,6 +105,7 @@ def run_cmd(method, dataset, data_root, category, profile, set_options, config_f
     from adbench.runner import RunOptions, run
     from adbench.tables import build_tables, render
 
+    _raise_on_sigterm()
     metrics = [m.strip() for m in metric.split(",") if m.strip()]
     unknown = [m for m in metrics if m not in METRIC_KEYS]
     if unknown:
@@ -95,11 +121,7 @@ def run_cmd(method, dataset, data_root, category, profile, set_options, config_f
     tables = build_tables(summary.records, metrics)
     if tables:
         click.echo(render(tables, "md"))
-    click.echo(
-        f"{summary.n_ok} job(s) ok, {summary.n_failed} failed, {len(summary.plan.skipped_done)} already done; "
-        f"records in {summary.plan.store.root} ({summary.seconds:.1f} s)",
-        err=True,
-    )
+    click.echo(f"{summary.line()}; records in {summary.plan.store.root} ({summary.seconds:.1f} s)", err=True)
     sys.exit(summary.exit_code)
 
 
@@ -210,7 +232,7 @@ def table_cmd(results, dataset, metric, fmt, out: Optional[str], long_, referenc
         text = render(build_tables(records, metrics), fmt or "md")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text)
+        Path(out).write_text(text, errors="surrogateescape")
         click.echo(f"wrote {out}", err=True)
     else:
         click.echo(text, nl=False)
@@ -336,8 +358,12 @@ def compare_cmd(method_a, method_b, results, dataset, category, n_boot, debug) -
             res = compare_records(by[(method_a, c)], by[(method_b, c)], n_boot=n_boot)
         except ValueError as exc:
             raise DataError(f"{c}: {exc}") from exc
+        if res is None:  # a saved-predictions file that could not be read (warned)
+            continue
         verdict = "A better" if res["low"] > 0 else "B better" if res["high"] < 0 else "no resolvable difference"
         rows.append([c, f"{res['diff']:+.4f}", f"[{res['low']:+.4f}, {res['high']:+.4f}]", f"{res['p']:.3f}", verdict])
+    if not rows:
+        raise DataError(f"no category where the saved predictions of both {method_a} and {method_b} can be read")
     click.echo(f"image AUROC: A = {method_a}, B = {method_b}; paired bootstrap over test images ({n_boot} replicates)")
     click.echo(tabulate(rows, headers=["category", "A - B", "95% CI", "p", "verdict"], tablefmt="github",
                         disable_numparse=True))

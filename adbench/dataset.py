@@ -95,11 +95,47 @@ class DatasetAdapter(abc.ABC):
         return list(requested)
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files of a folder (any supported extension, any letter case), sorted."""
+#: folder names that are never data, whatever their content: macOS zip leftovers
+IGNORED_NAMES = frozenset({"__MACOSX"})
+
+
+def is_hidden(name: str) -> bool:
+    """Names dataset indexing never reads: dot files and folders (``._001.png``, the AppleDouble
+    companion macOS writes beside every file on a foreign disk or in a zip; ``.ipynb_checkpoints``,
+    ``.DS_Store``, ``.git``) and ``__MACOSX``."""
+    return name.startswith(".") or name in IGNORED_NAMES
+
+
+def visible_entries(folder: Path) -> list[Path]:
+    """Entries of ``folder`` that are not hidden (``is_hidden``), sorted; [] if not a folder.
+
+    The one place adapters list a folder: every file and sub-folder an index is built from
+    comes through here (or ``list_images`` / ``list_folders`` / ``walk_files``)."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+    return sorted(p for p in folder.iterdir() if not is_hidden(p.name))
+
+
+def list_folders(folder: Path) -> list[Path]:
+    """Visible sub-folders of ``folder``, sorted."""
+    return [p for p in visible_entries(folder) if p.is_dir()]
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files of a folder (any supported extension, any letter case), sorted; hidden
+    files (``._001.png``) are not images."""
+    return [p for p in visible_entries(folder) if p.is_file() and is_image_file(p)]
+
+
+def walk_files(folder: Path) -> list[Path]:
+    """Image files anywhere under ``folder``, sorted, not entering hidden folders."""
+    out: list[Path] = []
+    for entry in visible_entries(folder):
+        if entry.is_dir():
+            out.extend(walk_files(entry))
+        elif entry.is_file() and is_image_file(entry):
+            out.append(entry)
+    return sorted(out)
 
 
 def validate_index(index: CategoryIndex, *, category: str = "") -> None:

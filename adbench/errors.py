@@ -36,3 +36,15 @@ class WeightsError(UserError):
 
 class RegistryError(UserError):
     """Unknown method or dataset name (with a close-match suggestion), or a bad plugin."""
+
+
+class ResultsWriteError(UserError):
+    """The results folder cannot be written (read-only, a file, disk full). Records already
+    written are intact; the same command resumes once the cause is fixed."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received (``kill <pid>``, a cluster scheduler's pre-emption): handled like Ctrl-C
+    (jobs in flight stopped, nothing finished lost) but reported with its own exit code, 143."""
+
+    exit_code = 143

@@ -26,6 +26,12 @@ from adbench.jobs import Job
 from adbench.records import failed_records, now
 
 OnDone = Callable[[Job, list[dict[str, Any]]], None]
+#: called right before a job starts; False skips it (another run holds its claim)
+Start = Callable[[Job], bool]
+
+
+def _always(job: Job) -> bool:
+    return True
 
 
 class LocalExecutor:
@@ -41,9 +47,10 @@ class LocalExecutor:
             # makes `python cli.py` from a bare checkout map adbench.methods/datasets there too
             self.context.set_forkserver_preload(["__main__", "adbench.preload"])
 
-    def run(self, jobs: Sequence[Job], on_done: OnDone) -> None:
+    def run(self, jobs: Sequence[Job], on_done: OnDone, start: Start = _always) -> None:
         for job in jobs:
-            on_done(job, self.run_one(job))
+            if start(job):
+                on_done(job, self.run_one(job))
 
     def run_one(self, job: Job) -> list[dict[str, Any]]:
         started = now()
@@ -89,7 +96,14 @@ def _child_main(job_dict: dict[str, Any], conn, environ: dict[str, str], sys_pat
         records = run_job_catching(job_dict, sys_path)
     except KeyboardInterrupt:
         os._exit(130)
-    conn.send(records)
+    try:
+        conn.send(records)
+    except Exception as exc:  # noqa: BLE001 - an unpicklable value: say so instead of dying silently
+        from adbench.jobs import Job
+
+        text = str(exc).splitlines()[0][:200] if str(exc) else ""
+        conn.send(failed_records(Job(**job_dict), f"the job's records cannot be sent to the run "
+                                 f"({type(exc).__name__}: {text})"))
     conn.close()
 
 
@@ -151,7 +165,7 @@ class RayExecutor:
         self.address = address if address is not None else os.environ.get("RAY_ADDRESS")
         self.num_cpus = num_cpus
 
-    def run(self, jobs: Sequence[Job], on_done: OnDone) -> None:
+    def run(self, jobs: Sequence[Job], on_done: OnDone, start: Start = _always) -> None:
         ray = self.ray
         started_here = False
         if not ray.is_initialized():
@@ -169,6 +183,8 @@ class RayExecutor:
             has_gpu = ray.cluster_resources().get("GPU", 0) > 0
             pending = {}
             for job in jobs:
+                if not start(job):  # claimed when submitted: the claim covers its wait in the queue
+                    continue
                 task = remote.options(num_gpus=1) if has_gpu and job.device != "cpu" else remote
                 spec = {**job.to_dict(), "progress": False}  # bars do not survive Ray's log forwarding
                 pending[task.remote(spec, list(sys.path))] = (job, now())

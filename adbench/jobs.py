@@ -92,8 +92,8 @@ def parse_seeds(spec: str | int | None) -> list[int]:
 
     if spec is None or spec == "":
         return [0]
-    if isinstance(spec, int):
-        return [spec]
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        return [check_seed(spec, spec)]
     seeds = []
     for item in str(spec).split(","):
         item = item.strip()
@@ -103,9 +103,26 @@ def parse_seeds(spec: str | int | None) -> list[int]:
             seeds.append(int(item))
         except ValueError:
             raise ConfigError(f"--seed {spec!r}: expected an integer or a comma list of integers") from None
+    for seed in seeds:
+        check_seed(seed, spec)
     if not seeds:
         raise ConfigError(f"--seed {spec!r}: no seed given")
     return list(dict.fromkeys(seeds))
+
+
+#: seeds feed numpy's legacy global generator (``np.random.seed``), whose seeds are 32-bit
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: int, spec=None) -> int:
+    """A seed in 0 .. 2**32 - 1, else a ConfigError naming --seed (checked before any job)."""
+    from adbench.errors import ConfigError
+
+    if not 0 <= seed <= MAX_SEED:
+        single = not isinstance(spec, str) or "," not in spec
+        head = f"--seed {seed}" if single else f"--seed {spec!r}: {seed}"
+        raise ConfigError(f"{head}: out of range (a seed is 0 .. {MAX_SEED}, i.e. below 2**32)")
+    return seed
 
 
 def parse_list(spec: Optional[str]) -> Optional[list[str]]:

@@ -23,6 +23,23 @@ import numpy as np
 import pandas as pd
 
 
+def shown(text: Any) -> str:
+    """Text safe to draw and print: a file name that is not valid UTF-8 (on Linux a name is
+    bytes; Python keeps a bad byte such as 0xff as a lone surrogate, ``\\udcff``) is shown
+    with the byte escaped, ``\\xff``, instead of crashing the font renderer and PDF writer."""
+    text = str(text)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that are not escaped bytes
+        return text.encode("utf-8", "backslashreplace").decode("ascii")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def _plt():
     import matplotlib
 
@@ -51,8 +68,8 @@ def _label(r: dict[str, Any]) -> str:
 
 
 def metric_frame(records: Iterable[dict[str, Any]], metric: str, dataset: Optional[str] = None) -> pd.DataFrame:
-    rows = [{"setting": _label(r), "method": r.get("method"), "dataset": r.get("dataset"),
-             "category": r.get("category"), "value": (r.get("metrics") or {}).get(metric), "record": r}
+    rows = [{"setting": shown(_label(r)), "method": shown(r.get("method")), "dataset": shown(r.get("dataset")),
+             "category": shown(r.get("category")), "value": (r.get("metrics") or {}).get(metric), "record": r}
             for r in records if r.get("status") == "ok" and (dataset is None or r.get("dataset") == dataset)]
     frame = pd.DataFrame(rows, columns=["setting", "method", "dataset", "category", "value", "record"])
     return frame.dropna(subset=["value"])
@@ -72,7 +89,7 @@ def heatmap(records, metric: str, out, dataset: Optional[str] = None) -> list[Pa
                 vmax=1.0, cbar_kws={"label": metric}, ax=ax, annot_kws={"size": 8})
     ax.set_xlabel("category (mean: over the categories the row has)")
     ax.set_ylabel("")
-    ax.set_title(f"{dataset or ','.join(sorted(frame['dataset'].unique()))}: {metric}")
+    ax.set_title(shown(f"{dataset or ','.join(sorted(frame['dataset'].unique()))}: {metric}"))
     return _save(fig, out)
 
 
@@ -117,7 +134,7 @@ def bars(records, metric: str, out, dataset: Optional[str] = None, n_boot: int =
     ax.set_ylim(max(0.0, min(r[2] for r in rows) - 0.1), 1.05)
     ax.set_ylabel(f"mean {metric}")
     kinds = sorted({r[4] for r in rows})
-    ax.set_title(f"{dataset or ''} mean {metric}; error bars: {' / '.join(kinds)} (blue: CI, gray: range)",
+    ax.set_title(shown(f"{dataset or ''} mean {metric}; error bars: {' / '.join(kinds)} (blue: CI, gray: range)"),
                  fontsize=9)
     return _save(fig, out)
 
@@ -142,7 +159,7 @@ def cost(records, metric: str, out, x: str = "fit_seconds", dataset: Optional[st
     ax.set_ylabel(metric)
     hosts = sorted({f"{(r.get('host') or {}).get('cpu_model')} x{(r.get('host') or {}).get('cpu_count')}"
                     for r in frame["record"]})
-    ax.set_title(f"cost vs {metric} ({'; '.join(hosts)})", fontsize=9)
+    ax.set_title(shown(f"cost vs {metric} ({'; '.join(hosts)})"), fontsize=9)
     ax.legend(fontsize=6, loc="best")
     return _save(fig, out)
 
@@ -181,9 +198,10 @@ def pick_samples(arrays: dict[str, np.ndarray], n: int, paths: Optional[Sequence
     if paths:
         out = []
         for want in paths:
-            hits = [i for i, p in enumerate(all_paths) if p.endswith(want)]
+            # as the shell passed it, or as figures show it (a byte that is not UTF-8: \\xff)
+            hits = [i for i, p in enumerate(all_paths) if p.endswith(want) or shown(p).endswith(want)]
             if not hits:
-                raise ValueError(f"sample {want!r} is not among the saved predictions")
+                raise ValueError(f"sample {shown(want)!r} is not among the saved predictions")
             out.append(hits[0])
         return out
     scores, labels = arrays["scores"], arrays["labels"].astype(bool)
@@ -204,7 +222,7 @@ def gallery(record: dict[str, Any], out, n: int = 4, paths: Optional[Sequence[st
     plt = _plt()
     arrays = predictions.load(record)
     if arrays is None or "maps" not in arrays:
-        raise ValueError(f"{record.get('record_name')}: no saved anomaly maps (run with --save-predictions)")
+        raise ValueError(f"{shown(record.get('record_name'))}: no saved anomaly maps (run with --save-predictions)")
     idx = pick_samples(arrays, n, paths)
     maps = arrays["maps"].astype(np.float32)
     masks = arrays.get("masks")
@@ -213,7 +231,7 @@ def gallery(record: dict[str, Any], out, n: int = 4, paths: Optional[Sequence[st
     for row, i in enumerate(idx):
         img = _geometry_image(str(arrays["paths"][i]), record.get("geometry"), maps.shape[1:])
         label = "anomalous" if arrays["labels"][i] else "normal"
-        name = "/".join(str(arrays["paths"][i]).split("/")[-2:])
+        name = shown("/".join(str(arrays["paths"][i]).split("/")[-2:]))
         axes[row, 0].imshow(img)
         axes[row, 0].set_title(f"{name} ({label})", fontsize=7)
         axes[row, 1].imshow(img)
@@ -225,7 +243,7 @@ def gallery(record: dict[str, Any], out, n: int = 4, paths: Optional[Sequence[st
         axes[row, 2].set_title(f"prediction, score {arrays['scores'][i]:.3g}", fontsize=7)
         for ax in axes[row]:
             ax.axis("off")
-    fig.suptitle(f"{record.get('method')} / {record.get('dataset')} / {record.get('category')} "
-                 f"({record.get('profile')}, {record.get('geometry')}); map colour range shared across rows",
+    fig.suptitle(shown(f"{record.get('method')} / {record.get('dataset')} / {record.get('category')} "
+                       f"({record.get('profile')}, {record.get('geometry')}); map colour range shared across rows"),
                  fontsize=8)
     return _save(fig, out)

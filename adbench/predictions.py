@@ -65,11 +65,25 @@ class Collector:
         return out
 
 
-def has_predictions(record: dict[str, Any]) -> bool:
+def _file_of(record: dict[str, Any]) -> Optional[Path]:
+    """The saved-predictions file a record names, only if it lies in the record's own folder
+    (a name like ``../../etc/passwd`` is refused with a warning, never opened)."""
+    from adbench.record_checks import predictions_problem
+    from adbench.store import warn
+
     if "_path" not in record:
-        return False
+        return None
     name = record.get("predictions") or path_for(record["_path"]).name
-    return (Path(record["_path"]).parent / name).is_file()
+    problem = predictions_problem(name)
+    if problem:
+        warn(record["_path"], f"{problem}; its predictions are ignored")
+        return None
+    return Path(record["_path"]).parent / name
+
+
+def has_predictions(record: dict[str, Any]) -> bool:
+    path = _file_of(record)
+    return path is not None and path.is_file()
 
 
 def path_for(record_path: str | Path) -> Path:
@@ -88,21 +102,38 @@ def save(record_path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
 
 def load(record: dict[str, Any]) -> Optional[dict[str, np.ndarray]]:
     """The saved arrays of a record read from a store (``None`` when it has none)."""
-    if "_path" not in record:
-        return None
     # the record names its file; a record rewritten by a later run of the same job (same name,
     # same config hash and seed) may not, and then the file beside it with its stem is used:
     # ``adbench evaluate`` checks that such predictions still reproduce the recorded metrics
-    name = record.get("predictions") or path_for(record["_path"]).name
-    path = Path(record["_path"]).parent / name
-    if not path.is_file():
+    from adbench.store import warn
+
+    path = _file_of(record)
+    if path is None or not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as data:
-        out = {k: data[k] for k in data.files}
-    if "masks_packed" in out:
-        shape = tuple(int(s) for s in out.pop("masks_shape"))
-        out["masks"] = np.unpackbits(out.pop("masks_packed"), count=int(np.prod(shape))).reshape(shape).astype(bool)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            out = {k: data[k] for k in data.files}
+        if "masks_packed" in out:
+            shape = tuple(int(s) for s in out.pop("masks_shape"))
+            out["masks"] = np.unpackbits(out.pop("masks_packed"), count=int(np.prod(shape))).reshape(shape).astype(bool)
+        problem = _arrays_problem(out)
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: warn, carry on
+        problem = f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''})"
+    if problem:
+        warn(path, f"saved predictions {problem}; ignored")
+        return None
     return out
+
+
+def _arrays_problem(arrays: dict[str, np.ndarray]) -> Optional[str]:
+    """Shapes that agree with each other (a file another tool wrote, or a damaged one, may not)."""
+    if "scores" not in arrays or "labels" not in arrays:
+        return "lack scores or labels"
+    n = len(arrays["scores"])
+    for key in ("labels", "paths", "defect_types", "maps", "map_max", "masks"):
+        if key in arrays and len(arrays[key]) != n:
+            return f"have {len(arrays[key])} {key} for {n} scores"
+    return None
 
 
 def recompute(arrays: dict[str, np.ndarray], fpr_limit: float = 0.3, batch: int = 32) -> dict[str, Any]:

@@ -103,7 +103,13 @@ class Registry:
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            raise RegistryError(f"--plugin {module}: cannot import ({exc})") from None
+            raise RegistryError(f"--plugin {module}: cannot import ({_one_line(exc)})") from None
+        except RegistryError as exc:  # e.g. a name it registers is taken
+            raise RegistryError(f"--plugin {module}: {_one_line(exc)}") from None
+        except (Exception, SystemExit) as exc:  # any failure at import is the plugin's, not ours
+            raise RegistryError(
+                f"--plugin {module}: failed while importing ({type(exc).__name__}: {_one_line(exc)})"
+            ) from exc
         finally:
             for registry in registries:
                 registry._current_origin = "builtin"
@@ -134,13 +140,28 @@ class Registry:
         )
 
     def resolve_list(self, spec: str) -> list[str]:
-        """``all`` | ``a`` | ``a,b``: validated names, in the given order."""
-        names = [s.strip() for s in spec.split(",") if s.strip()]
+        """``all`` | ``a`` | ``a,b``: validated names, in the given order.
+
+        An empty spec (``--method ""``, ``--method " , "``) is an error, not "all": a script
+        whose variable came out empty must not silently run every method.
+        """
+        option = "--method" if self.kind == "method" else "--dataset"
+        names = [s.strip() for s in str(spec).split(",") if s.strip()]
+        if not names:
+            raise RegistryError(f"{option} {spec!r}: no {self.kind} name given "
+                                f"(give a name, a comma list, or 'all')")
         if names == ["all"]:
             return self.names()
+        if "all" in names:
+            raise RegistryError(f"{option} {spec!r}: 'all' cannot be combined with other names")
         for name in names:
             self.get(name)
         return names
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _entry_points(group: str):

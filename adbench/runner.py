@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from adbench.config import load_yaml_config, parse_set_options, resolve_config
+from adbench.config import SET_SOURCE, load_yaml_config, merge_overrides, parse_set_options, resolve_config, yaml_source
 from adbench.errors import ConfigError, DataError
 from adbench import predictions
 from adbench.jobs import PROTOCOLS, Job, parse_list, parse_seeds
 from adbench.predictions import ATTACHED
-from adbench.store import Store, read_record
+from adbench.store import Store
 
 
 @dataclass
@@ -64,7 +64,20 @@ class RunSummary:
     records: list[dict[str, Any]]  # the records of every planned job (run now or earlier)
     n_ok: int = 0
     n_failed: int = 0
+    n_elsewhere: int = 0  # claimed by another live run when this run reached them
+    n_done_meanwhile: int = 0  # finished by another run after this run was planned
     seconds: float = 0.0
+
+    @property
+    def n_already_done(self) -> int:
+        return len(self.plan.skipped_done) + self.n_done_meanwhile
+
+    def line(self) -> str:
+        """``N job(s) ok, M failed, K already done, C running elsewhere``."""
+        text = f"{self.n_ok} job(s) ok, {self.n_failed} failed, {self.n_already_done} already done"
+        if self.n_elsewhere:
+            text += f", {self.n_elsewhere} running elsewhere"
+        return text
 
     @property
     def exit_code(self) -> int:
@@ -85,13 +98,13 @@ def plan_run(opts: RunOptions) -> Plan:
         raise ConfigError(f"--protocol {opts.protocol!r}: expected single or unified")
     _check_device(opts.device)
     seeds = parse_seeds(opts.seed)
-    methods = list(dict.fromkeys(METHODS.resolve_list(opts.method or "all")))
+    methods = list(dict.fromkeys(METHODS.resolve_list("all" if opts.method is None else opts.method)))
     if not methods:
         raise ConfigError("--method: no methods registered")
     dataset_cls = DATASETS.get(opts.dataset)
 
     notes: list[str] = []
-    if (opts.method or "all").strip() == "all":
+    if ("all" if opts.method is None else opts.method).strip() == "all":
         methods = _with_profile(methods, opts.profile, notes)
     if opts.protocol == "unified":
         able = [m for m in methods if "unified" in getattr(METHODS.get(m), "protocols", ("single",))]
@@ -130,6 +143,7 @@ def plan_run(opts: RunOptions) -> Plan:
                 ))
     jobs = list({job.key(): job for job in jobs}.values())  # `--method a,a` runs a once
     store = Store(opts.results)
+    store.check_writable()
     if opts.rerun:
         todo, done = list(jobs), []
     else:
@@ -171,14 +185,16 @@ def resolve_configs(methods: list[str], opts: RunOptions, notes: Optional[list[s
     for method in methods:
         cls = METHODS.get(method)
         names = field_names[method]
-        overrides = {k: v for k, v in flat_yaml.items() if k in names}
         own = per_method_yaml.get(method) or {}
         if not isinstance(own, dict):
             raise ConfigError(f"--config {opts.config_file}: methods.{method} must be a mapping")
-        overrides.update(own)
-        overrides.update({k: v for k, v in sets.items() if k in names})
+        overrides, sources = merge_overrides([
+            (yaml_source(opts.config_file), {k: v for k, v in flat_yaml.items() if k in names}),
+            (yaml_source(opts.config_file, method), own),
+            (SET_SOURCE, {k: v for k, v in sets.items() if k in names}),
+        ])
         configs[method] = resolve_config(cls.Config, cls.PROFILES, opts.profile, overrides,
-                                         method=method, strict=True)
+                                         method=method, strict=True, sources=sources)
     return configs
 
 
@@ -266,31 +282,59 @@ def _plain(value):
 # --------------------------------------------------------------------------------------------
 def run(opts: RunOptions, *, log=None) -> RunSummary:
     """Plan, validate, execute what is not done, and return the records of every planned job."""
+    from adbench.claims import ClaimBook
     from adbench.executors import make_executor
+    from adbench.result_writer import ResultWriter
+    from adbench.workdirs import remove_orphaned_workdirs
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     t0 = time.perf_counter()
     plan = plan_run(opts)
     for note in plan.notes:
         log(f"note: {note}")
-    executor = make_executor(opts.executor)
+    executor = make_executor(opts.executor) if plan.todo else None
     removed = plan.store.clean_stale_tmp()
     if removed:
         log(f"note: removed {removed} temporary file(s) left by an interrupted run")
+    orphans = remove_orphaned_workdirs()
+    if orphans:
+        log(f"note: removed {orphans} work folder(s) left by killed jobs")
     if plan.skipped_done:
         log(f"{len(plan.skipped_done)} of {len(plan.jobs)} job(s) already done in {plan.store.root} "
             f"(skipped; --rerun forces them)")
 
     summary = RunSummary(plan=plan, records=[])
     bar = _grid_bar(len(plan.todo), opts.progress)
+    writer = ResultWriter(plan.store)
+    claims = ClaimBook(plan.store.root)
+    claim_of = {}
+
+    def start(job: Job) -> bool:
+        """Claim the job right before it runs; skip it when a live run holds it, or when another
+        run finished it since this run was planned."""
+        path = claims.path_for(job.dataset, job.method, Path(job.record_name(job.categories[0])).stem)
+        holder = claims.acquire(path, job.label)
+        if holder is not None:
+            summary.n_elsewhere += 1
+            _write_line(bar, f"{job.label}: running elsewhere ({holder.describe()}); skipped")
+            _advance(bar)
+            return False
+        if not opts.rerun and plan.store.is_done(job):
+            claims.release(path)
+            summary.n_done_meanwhile += 1
+            _write_line(bar, f"{job.label}: finished by another run meanwhile; skipped")
+            _advance(bar)
+            return False
+        claim_of[job.key()] = path
+        return True
 
     def on_done(job: Job, records: list[dict[str, Any]]) -> None:
-        for record in records:
-            arrays = record.pop(ATTACHED, None)
-            if arrays is not None:  # predictions first: a record never names a missing file
-                record["predictions"] = predictions.save(plan.store.path_for(job, record["category"]),
-                                                         arrays).name
-            plan.store.write(record)
+        try:
+            notes = writer.accept(job, records)
+        finally:
+            path = claim_of.pop(job.key(), None)
+            if path is not None:
+                claims.release(path)
         failed = [r for r in records if r.get("status") != "ok"]
         status = "failed: " + str(failed[0].get("error")) if failed else "ok"
         line = f"{job.label}: {status}"
@@ -301,21 +345,29 @@ def run(opts: RunOptions, *, log=None) -> RunSummary:
             summary.n_ok += 1
             if opts.progress:
                 _write_line(bar, line + _short_metrics(records))
-        if bar is not None:
-            bar.update(1)
+        for note in notes:
+            _write_line(bar, f"note: {note}")
+        _advance(bar)
 
     try:
-        executor.run(plan.todo, on_done)
+        if executor is not None:
+            executor.run(plan.todo, on_done, start=start)
     finally:
+        claims.release_all()
         if bar is not None:
             bar.close()
     for job in plan.jobs:
         for path in plan.store.record_paths(job):
-            record = read_record(path)
+            record = plan.store.read(path)
             if record is not None:
                 summary.records.append(record)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _advance(bar) -> None:
+    if bar is not None:
+        bar.update(1)
 
 
 def _grid_bar(total: int, progress: bool):

@@ -318,8 +318,11 @@ def check_available(needs: Mapping[str, Iterable[str]], weights: Optional[str], 
         return []
     if weights:
         path = Path(weights).expanduser()
+        state = read_state_dict(path)  # empty, truncated, corrupt or unsafe: one line, now
         for tag in needs:
             _explicit_file(path, tag)  # a file known to be another tag is refused up front
+            model = _timm().create_model(tag, pretrained=False, features_only=True)
+            load_state_into(model, state, f"--weights {path}", tag)  # the wrong architecture
         return []
     online: Optional[bool] = None
     problems, warnings_out = [], []

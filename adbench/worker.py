@@ -17,7 +17,6 @@ from __future__ import annotations
 import random
 import shutil
 import sys
-import tempfile
 import time
 import traceback
 from typing import Any, Iterable
@@ -28,6 +27,7 @@ from adbench import environment
 from adbench.errors import UserError
 from adbench.jobs import Job
 from adbench.records import METRIC_KEYS, base_record, failed_records, now
+from adbench.workdirs import make_workdir
 
 
 class JobError(RuntimeError):
@@ -112,7 +112,7 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
         torch.cuda.reset_peak_memory_stats(device)
 
     config = resolve_config(method_cls.Config, {"paper": {}}, "paper", job.config, method=job.method)
-    workdir = tempfile.mkdtemp(prefix="adbench-job-")
+    workdir = make_workdir()
     try:
         context = RunContext(device=device, seed=job.seed, weights=job.weights, profile=job.profile,
                              progress=job.progress, workdir=workdir,
@@ -143,7 +143,7 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
                 geometry=preprocess.describe(),
                 **detector.weights_info().record_fields(),
                 n_parameters=int(detector.num_parameters()),
-                record_extras=detector.record_extras() or {},
+                record_extras=storable_extras(detector),
                 device=str(device),
                 fit_seconds=round(fit_seconds, 3),
                 n_train_images=len(train),
@@ -249,6 +249,34 @@ def _count_flops(detector, batch):
         return int(counter.get_total_flops())
     except Exception:  # noqa: BLE001 - an uncountable op must not fail the job
         return None
+
+
+def storable_extras(detector) -> dict[str, Any]:
+    """``record_extras()``, checked: it must be a dict that survives the trip to the run's
+    process (pickle) and into the JSON record; otherwise the job fails saying so, instead of
+    dying later with "exited without a result"."""
+    import json
+    import pickle
+
+    extras = detector.record_extras() or {}
+    if not isinstance(extras, dict):
+        raise JobError(f"record_extras() returned {type(extras).__name__}, expected a dict")
+    for key, value in extras.items():
+        try:
+            pickle.dumps(value)
+            json.dumps(value, allow_nan=True, default=_not_json)
+        except Exception as exc:  # noqa: BLE001 - any failure means "cannot be stored"
+            raise JobError(f"record_extras()[{key!r}] cannot be stored in a record "
+                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
+    return extras
+
+
+def _not_json(value):
+    import numpy as np
+
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _round(value, digits: int = 1):

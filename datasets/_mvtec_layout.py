@@ -12,9 +12,11 @@ MVTec, ``ok`` in BTAD), how a mask file is named from its image stem (``<stem>_m
 ``<stem>`` in BTAD) and which mask extensions exist (BTAD mixes ``.png`` and ``.bmp``). Every
 supported image extension is accepted in any letter case for images and masks alike.
 
-Nothing is opened here (``validate_index`` does that). What the walk can tell from names alone
-it records: anomalous images without a mask keep ``mask_path=None`` (validation reports them)
-and mask files that match no test image go to ``CategoryIndex.orphan_masks``.
+Hidden names (``._001.png``, ``.ipynb_checkpoints``, ``__MACOSX``; ``adbench.dataset.is_hidden``)
+are skipped at every level: they are never images, defect classes or masks. Nothing is opened
+here (``validate_index`` does that). What the walk can tell from names alone it records:
+anomalous images without a mask keep ``mask_path=None`` (validation reports them) and mask
+files that match no test image go to ``CategoryIndex.orphan_masks``.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import ClassVar, Optional, Sequence
 
 from adbench.data import Sample
-from adbench.dataset import CategoryIndex, CategoryInfo, DatasetAdapter, list_images
+from adbench.dataset import CategoryIndex, CategoryInfo, DatasetAdapter, list_folders, list_images
 from adbench.errors import DataError
 
 
@@ -48,8 +50,7 @@ def walk_category(
     masks_root = category_root / mask_folder
     used_masks: set[Path] = set()
     test_root = category_root / "test"
-    defect_dirs = sorted(d for d in test_root.iterdir() if d.is_dir()) if test_root.is_dir() else []
-    for defect_dir in defect_dirs:
+    for defect_dir in list_folders(test_root):  # not .ipynb_checkpoints, __MACOSX
         defect = defect_dir.name
         is_normal = defect == normal
         masks = {} if is_normal else _masks_by_stem(masks_root / defect, mask_suffixes)
@@ -93,23 +94,17 @@ def image_stem_of_mask(mask: Path, suffixes: Sequence[str]) -> Optional[str]:
 
 def _all_masks(masks_root: Path) -> list[Path]:
     """Every mask file under ``ground_truth/<defect>/`` (masks of vanished defects included)."""
-    if not masks_root.is_dir():
-        return []
     out: list[Path] = []
-    for folder in sorted(d for d in masks_root.iterdir() if d.is_dir()):
+    for folder in list_folders(masks_root):
         out.extend(list_images(folder))
     return out
 
 
 def category_folders(root: Path) -> list[str]:
     """Sub-folders of ``root`` that look like categories (they hold ``train/`` or ``test/``)."""
-    if root is None or not root.is_dir():
+    if root is None:
         return []
-    return sorted(
-        d.name
-        for d in root.iterdir()
-        if d.is_dir() and not d.name.startswith(".") and ((d / "train").is_dir() or (d / "test").is_dir())
-    )
+    return [d.name for d in list_folders(root) if (d / "train").is_dir() or (d / "test").is_dir()]
 
 
 class MVTecStyleAdapter(DatasetAdapter):

@@ -38,15 +38,17 @@ What it is (version 2, fixed seed, so every machine gets byte-identical files):
 Cache: ``$ADBENCH_CACHE/synthetic-v1`` (default ``~/.cache/adbench/synthetic-v1``), or
 ``<--data-root>/synthetic-v1``. Generation writes into a temporary sibling folder and renames
 it into place when complete, so a killed generation never leaves a half set and two processes
-generating at once both end with the same complete folder. Bump ``VERSION`` whenever the
-generator changes: old caches are then simply not used.
+generating at once both end with the same complete folder. A killed generation's temporary
+folder (~21 MB) is removed by the next run that uses the cache; one that a live process is
+still writing is not (``remove_stale_tmp``: the generator holds a lock while it writes).
+Bump ``VERSION`` whenever the generator changes: old caches are then simply not used.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import tempfile
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -322,13 +324,21 @@ def default_cache_root() -> Path:
 
 
 def ensure_generated(base: Path) -> Path:
-    """Return ``base/synthetic-v<VERSION>``, generating it atomically if it is not complete."""
+    """Return ``base/synthetic-v<VERSION>``, generating it atomically if it is not complete.
+
+    First removes what killed generations left in ``base`` (``remove_stale_tmp``), so a kill
+    during generation costs its temporary folder only until the next run.
+    """
     target = base / f"synthetic-v{VERSION}"
+    removed = remove_stale_tmp(base) if base.is_dir() else []
+    folders = [p for p in removed if not p.name.endswith(LOCK_SUFFIX)]
+    if folders:
+        print(f"note: removed {len(folders)} unfinished synthetic set(s) left in {base} by a killed "
+              f"generation", file=sys.stderr)
     if (target / MARKER).is_file():
         return target
     base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=base))
-    try:
+    with _GenerationFolder(base, target.name) as tmp:
         for name in sorted(CATEGORIES):
             generate_category(name, tmp / name)
         meta = {"version": VERSION, "seed": SEED, "size": SIZE, "categories": sorted(CATEGORIES)}
@@ -340,10 +350,176 @@ def ensure_generated(base: Path) -> Path:
         except OSError:
             if not (target / MARKER).is_file():  # someone else won the race, or a real error
                 raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+# =============================================================================================
+# Temporary folders of generations in progress, and of killed ones
+# =============================================================================================
+#: ``.synthetic-v2.tmp-<host>-<pid>-<random>``; the generating process holds an exclusive
+#: ``flock`` on the sibling ``<that name>.lock`` while it writes (the kernel drops it when the
+#: process dies, kill -9 included), so a folder whose lock can be taken is a killed one's.
+TMP_MARK = ".tmp-"
+LOCK_SUFFIX = ".lock"
+#: a leftover without lock file (written before locks existed) is removed once this old;
+#: a generation takes seconds, so no live one is that old
+STALE_AFTER_S = 15 * 60
+
+
+def _host() -> str:
+    import socket
+
+    return "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:40] or "host"
+
+
+class _GenerationFolder:
+    """The temporary sibling a generation writes into, locked while this process lives."""
+
+    def __init__(self, base: Path, target_name: str):
+        self.base = base
+        self.prefix = f".{target_name}{TMP_MARK}{_host()}-{os.getpid()}-"
+        self.path: Optional[Path] = None
+        self._lock_fd: Optional[int] = None
+
+    def __enter__(self) -> Path:
+        token = os.urandom(4).hex()
+        self.path = self.base / (self.prefix + token)
+        lock = self.path.with_name(self.path.name + LOCK_SUFFIX)
+        self._lock_fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            _try_lock(self._lock_fd)  # a fresh file: ours at once
+            self.path.mkdir()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.path is not None and self.path.exists():
+                shutil.rmtree(self.path, ignore_errors=True)
+        finally:  # the folder first, then its lock: a lock without folder is harmless
+            lock = self.path.with_name(self.path.name + LOCK_SUFFIX) if self.path else None
+            if lock is not None:
+                try:
+                    lock.unlink()
+                except OSError:
+                    pass
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+
+
+def _try_lock(fd: int) -> bool:
+    """Exclusive, non-blocking; True when taken. Without ``fcntl`` (Windows): never taken."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux/macOS
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, someone else's
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def _owner(name: str) -> tuple[Optional[str], Optional[int]]:
+    """(host, pid) from ``.synthetic-vN.tmp-<host>-<pid>-<token>``; (None, None) if older style."""
+    rest = name.split(TMP_MARK, 1)[1]
+    parts = rest.rsplit("-", 2)
+    if len(parts) == 3 and parts[1].isdigit():
+        return parts[0], int(parts[1])
+    return None, None
+
+
+def _is_stale(folder: Path, now: float) -> bool:
+    """Whether no live process is generating into ``folder``."""
+    lock = folder.with_name(folder.name + LOCK_SUFFIX)
+    if lock.is_file():
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            return False
+        try:
+            if _try_lock(fd):
+                return True  # its owner is gone (the lock is held while it lives)
+        finally:
+            os.close(fd)  # closing drops our lock again
+        if sys.platform != "win32":
+            return False  # locked: a live generation
+    host, pid = _owner(folder.name)
+    if host == _host() and pid is not None:
+        return not _pid_alive(pid)
+    try:
+        age = now - folder.stat().st_mtime
+    except OSError:
+        return False
+    return age > STALE_AFTER_S
+
+
+def remove_stale_tmp(base: Path) -> list[Path]:
+    """Remove the temporary folders (and lock files) of killed generations in ``base``.
+
+    A folder another live process is generating into right now is kept: its lock is held
+    (or, where locks are unavailable, its pid is alive on this host). Returns what was removed.
+    """
+    import time
+
+    removed: list[Path] = []
+    now = time.time()
+    try:
+        entries = list(base.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(".synthetic-v") and TMP_MARK in name):
+            continue
+        if name.endswith(LOCK_SUFFIX):
+            folder = entry.with_name(name[: -len(LOCK_SUFFIX)])
+            if not folder.exists() and _lock_free_and_old(entry, now):
+                _unlink(entry)
+                removed.append(entry)
+            continue
+        if entry.is_dir() and _is_stale(entry, now):
+            shutil.rmtree(entry, ignore_errors=True)
+            _unlink(entry.with_name(name + LOCK_SUFFIX))
+            if not entry.exists():
+                removed.append(entry)
+    return removed
+
+
+def _lock_free_and_old(lock: Path, now: float) -> bool:
+    """A lock file whose folder is gone: removable once free and a minute old (a generation
+    creates its lock file a moment before its folder)."""
+    try:
+        if now - lock.stat().st_mtime < 60:
+            return False
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        return _try_lock(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
 
 
 @register_dataset("synthetic")

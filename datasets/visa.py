@@ -27,8 +27,8 @@ import csv
 from pathlib import Path
 from typing import Optional
 
-from adbench.data import Sample, is_image_file
-from adbench.dataset import CategoryIndex, CategoryInfo, DatasetAdapter
+from adbench.data import Sample
+from adbench.dataset import CategoryIndex, CategoryInfo, DatasetAdapter, is_hidden, walk_files
 from adbench.errors import DataError
 from adbench.registry import register_dataset
 
@@ -69,7 +69,7 @@ class VisA(DatasetAdapter):
         return self._rows
 
     def categories(self) -> list[str]:
-        names = {row["object"] for row in self.rows() if row["object"]}
+        names = {row["object"] for row in self.rows() if row["object"] and not is_hidden(row["object"])}
         return sorted(n for n in names if (self.root / n).is_dir())
 
     # --- one category ----------------------------------------------------------------------
@@ -118,7 +118,4 @@ class VisA(DatasetAdapter):
         return CategoryIndex(info=info, train=train, test=test, orphan_masks=orphans)
 
     def _mask_files(self, category: str) -> list[Path]:
-        folder = self.root / category / "Data" / "Masks"
-        if not folder.is_dir():
-            return []
-        return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+        return walk_files(self.root / category / "Data" / "Masks")  # hidden files skipped

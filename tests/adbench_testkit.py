@@ -12,6 +12,10 @@ hit failure paths at a deterministic point instead of guessing timings:
 * ``ADBENCH_KIT_FAIL_ON=<cat>``: fit raises
 * ``ADBENCH_KIT_INT_ON=<cat>``: fit sends SIGINT to its process group (Ctrl-C)
 * ``ADBENCH_KIT_HANG_ON=<cat>``: fit writes its pid to ``$ADBENCH_KIT_PIDFILE`` and sleeps
+* ``ADBENCH_KIT_TERM_ON=<cat>``: fit sends SIGTERM to its process group (a scheduler's kill)
+* ``ADBENCH_KIT_SLEEP_S=<seconds>``: fit sleeps that long (two runs sharing one grid)
+* ``ADBENCH_KIT_BAD_EXTRAS_ON=<cat>``: record_extras returns a value that cannot be pickled
+* ``ADBENCH_KIT_FILL_DISK=<cat>:<file>``: fit writes ``<file>`` until its disk is full
 * ``ADBENCH_KIT_NAN_ON=<cat>``: predict returns NaN scores
 * ``ADBENCH_KIT_BADSHAPE_ON=<cat>``: predict returns maps of the wrong size
 """
@@ -76,6 +80,14 @@ class KitMean(Detector):
         if _triggered("ADBENCH_KIT_HANG_ON", cats):  # announce our pid, then train "forever"
             Path(os.environ["ADBENCH_KIT_PIDFILE"]).write_text(str(os.getpid()))
             time.sleep(120)
+        if _triggered("ADBENCH_KIT_TERM_ON", cats):  # what `kill -TERM -<pgid>` does
+            os.killpg(os.getpgid(0), signal.SIGTERM)
+            time.sleep(30)
+        if os.environ.get("ADBENCH_KIT_SLEEP_S"):
+            time.sleep(float(os.environ["ADBENCH_KIT_SLEEP_S"]))
+        fill = os.environ.get("ADBENCH_KIT_FILL_DISK", "")
+        if fill and fill.split(":", 1)[0] in cats:
+            _fill_disk(fill.split(":", 1)[1])
         if _triggered("ADBENCH_KIT_INT_ON", cats):  # what Ctrl-C does: SIGINT to the group
             os.killpg(os.getpgid(0), signal.SIGINT)
             time.sleep(30)
@@ -95,7 +107,21 @@ class KitMean(Detector):
         return Prediction(scores=scores, maps=maps)
 
     def record_extras(self):
+        if _triggered("ADBENCH_KIT_BAD_EXTRAS_ON", self.trained_on):
+            return {"trained_on": self.trained_on, "callback": lambda: None}
         return {"trained_on": self.trained_on}
+
+
+def _fill_disk(path: str) -> None:
+    """Write zeros to ``path`` until the disk refuses (ENOSPC); the file stays."""
+    block = b"\0" * (1 << 16)
+    try:
+        with open(path, "ab") as fh:
+            while True:
+                fh.write(block)
+                fh.flush()
+    except OSError:
+        pass
 
 
 @dataclass

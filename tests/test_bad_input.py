@@ -143,3 +143,32 @@ def test_quick_profile_without_weights_warns_once_up_front_and_runs(tmp_path, da
     assert r.stderr.count("note: no weights for tf_efficientnet_lite0.in1k (offline") == 1
     record = json.loads(next(res.rglob("*.json")).read_text())
     assert record["weights_tag"] == "random" and record["weights_source"].startswith("random (fallback")
+
+
+def test_bad_weights_files_are_one_line_before_any_job(tmp_path, data):
+    """--weights FILE is read and fitted to every backbone of the run once, up front: corrupt,
+    empty, truncated, unsafe or for another architecture, it is one exit-2 line, no record."""
+    import pickle
+    import warnings as _warnings
+
+    import timm
+    import torch
+
+    good = tmp_path / "lite0.pth"
+    torch.save(timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict(), good)
+    other = tmp_path / "resnet18.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), other)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a checkpoint at all" * 10)
+    unsafe = tmp_path / "unsafe.pth"
+    unsafe.write_bytes(pickle.dumps({"fn": _warnings.WarningMessage}))
+    base = ["--method", "patchcore", "--profile", "quick", "--dataset", "kitgen", "--data-root", str(data)]
+    for path, needle in ((truncated, "cannot read weights file"), (empty, "cannot read weights file"),
+                         (corrupt, "cannot read weights file"), (unsafe, "cannot read weights file"),
+                         (other, "weights are for another architecture than tf_efficientnet_lite0.in1k")):
+        r, res = _run(tmp_path, *base, "--weights", str(path))
+        _assert_user_error(r, res, needle, str(path), lines=1)

@@ -29,8 +29,12 @@ def test_sigkill_mid_grid_then_resume(tmp_path):
     killed = subprocess.run(cmd, env={**env, "ADBENCH_KIT_KILL_ON": "obj_c"}, capture_output=True, text=True,
                             start_new_session=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    files = sorted(p.name for p in results.rglob("*") if p.is_file())
+    files = sorted(p.name for p in results.rglob("*") if p.is_file() and ".claims" not in p.parts)
     assert len(files) == 1 and files[0].startswith("obj_b__single__s0__"), files
+    # the killed run's claim on the job it was running stays behind: its process is gone, so
+    # the rerun takes it over instead of reporting the job as "running elsewhere"
+    claims = [p.name for p in (results / ".claims").rglob("*.claim")]
+    assert len(claims) == 1 and claims[0].startswith("obj_c__"), claims
     first = json.loads(next(results.rglob("obj_b__*.json")).read_text())
     assert first["status"] == "ok"
 
@@ -43,7 +47,7 @@ def test_sigkill_mid_grid_then_resume(tmp_path):
     assert all(r["status"] == "ok" for r in records)
     again = json.loads(next(results.rglob("obj_b__*.json")).read_text())
     assert again["finished"] == first["finished"]  # the finished job was not redone
-    assert not [p for p in results.rglob("*") if p.is_file() and not p.name.endswith(".json")]
+    assert not [p for p in results.rglob("*") if p.is_file() and not p.name.endswith(".json")]  # claims gone
     # the final table lists the whole grid, the job finished before the kill included
     assert "| obj_b" in resumed.stdout and "| tex_a" in resumed.stdout
 
@@ -60,7 +64,7 @@ def test_ctrl_c_keeps_finished_jobs(tmp_path):
     assert out.returncode == 130, out.stderr
     assert "interrupted: finished jobs are stored" in out.stderr and "Traceback" not in out.stderr
     files = [p.name for p in results.rglob("*") if p.is_file()]
-    assert len(files) == 1 and files[0].startswith("obj_b__"), files
+    assert len(files) == 1 and files[0].startswith("obj_b__"), files  # no claim left either
 
 
 def test_job_dies_with_its_run(tmp_path):

@@ -99,14 +99,14 @@ class TextureSource:
     """
 
     def __init__(self, folder: Optional[str | Path] = None):
-        from adbench.data import is_image_file
+        from adbench.dataset import walk_files
 
         self.folder = Path(folder).expanduser() if folder else None
         self.files: list[Path] = []
         if self.folder is not None:
             if not self.folder.is_dir():
                 raise DataError(f"anomaly_source {self.folder}: folder not found")
-            self.files = sorted(p for p in self.folder.rglob("*") if p.is_file() and is_image_file(p))
+            self.files = walk_files(self.folder)  # hidden files (._x.jpg, .DS_Store) are not textures
             if not self.files:
                 raise DataError(f"anomaly_source {self.folder}: no image files found in it")
 
