@@ -1,52 +1,115 @@
 """CutPaste (Li, Sohn, Yoon, Pfister, "CutPaste: Self-Supervised Learning for Anomaly Detection
 and Localization", CVPR 2021), image level.
 
-Method (paper sections 2.1-2.3, appendix A):
+Method (paper sections 2.1-2.3, 4, appendix A):
 
-1. Self-supervised training. A CNN (ResNet-18 from scratch) with an MLP projection head on its
-   average-pooled features and a last linear layer learns to tell normal images from images
-   augmented by CutPaste (a box cut and pasted elsewhere) and CutPaste-Scar (a thin rotated
-   box): a 3-way classification with cross-entropy on the logits (no softmax before the loss).
-   ``mode`` also offers ``binary`` (normal vs CutPaste), ``scar`` and ``union`` (paper table 5).
-   Augmentation parameters are in ``adbench.components.synth`` (area ratio (0.02, 0.15),
-   aspect (0.3, 1) U (1, 3.3), scar width [2, 16] px, length [10, 25] px, rotation (-45, 45),
-   colour jitter 0.1 on the patch).
+1. Self-supervised training (sec. 2.1-2.2). A CNN (ResNet-18 from scratch) with an MLP
+   projection head on its average-pooled features and a last linear layer learns to tell normal
+   images from images augmented by CutPaste (a box cut and pasted elsewhere) and CutPaste-Scar
+   (a thin rotated box): a 3-way classification with cross-entropy on the logits (no softmax
+   before the loss). Augmentation parameters are in ``adbench.components.synth`` (appendix A.2:
+   area ratio (0.02, 0.15), aspect (0.3, 1) U (1, 3.3), scar width [2, 16] px, length [10, 25]
+   px, rotation (-45, 45), colour jitter 0.1 on the patch).
 2. Optimisation (appendix A.1): SGD lr 0.03, momentum 0.9, weight decay 3e-5, a single cosine
-   cycle, batch 96 for 3-way (32 images x 3 versions; 64 = 32 x 2 for binary), 256 "epochs" of
-   256 steps (the paper's epoch is 256 updates). Random translation and colour jitter are
-   applied to the input before CutPaste.
-3. Scoring (eq. 2): a Gaussian density estimator (mean + Ledoit-Wolf covariance, as the
-   paper's scikit-learn implementation) of the average-pooled encoder features (512-d for
+   cycle, 256 "epochs" of 256 steps (the paper's epoch is 256 updates), batch "64 (or 96 for
+   3-way)". ``batch_size`` counts augmented samples: every image of a step appears in each
+   class, so the paper's batches are 32 images x 2 classes = 64 and 32 x 3 = 96; the default
+   ``batch_size=None`` resolves to 32 x (number of classes) of ``mode`` (rotation: 32 x 4 =
+   128, our extension of that rule; the paper gives no rotation batch) and the resolved value
+   is what the config and the record hold. Random translation and colour jitter are applied to
+   the input before CutPaste (A.1).
+3. Scoring (sec. 2.3, eq. 2): a Gaussian density estimator (mean + Ledoit-Wolf covariance, as
+   the paper's scikit-learn implementation) of the average-pooled encoder features (512-d for
    ResNet-18, *before* the head), computed once with the final encoder over the training images
-   (not accumulated across epochs); score = Mahalanobis distance.
-4. Pretrained variant (section 4.3, appendix A.4): EfficientNet-B4 ImageNet; the MLP head alone
-   for 10 epochs at lr 0.03, then all layers for 64 epochs at lr 1e-4 with batch-norm frozen,
-   batch 24. Profile ``paper_pretrained``. The CPU profile ``quick`` follows this recipe with
-   tf_efficientnet_lite0 (the only ImageNet weights available offline here) at 128 px and 45
-   steps; ``quick_scratch`` is the from-scratch ResNet-18 at a CPU budget.
+   (not accumulated across epochs); score = Mahalanobis distance. Section 4 applies this GDE to
+   every representation of its tables (rotation and cutout baselines included), and so do we.
+   ``gde_l2_normalize`` (default False): L2-normalise the pooled features first, as the
+   released GDE code of the paper's reference [52] does (DROC,
+   google-research/deep_representation_one_class ``util/train.py`` l.575-578); the paper does
+   not say. Measured on MVTec bottle, ``quick`` profile, seeds 0/1/2: image AUROC 99.68 /
+   99.37 / 99.92 (mean 99.66 +- 0.16) with and without it, identical per seed (training is the
+   same; on seed 0's model the two score vectors have Spearman 0.998, and the feature norm,
+   which L2 removes, alone gives 88.8). Paper, bottle: 98.3 +- 0.5 (table 1, 3-way from
+   scratch), 100.0 (table 3, B4 fine-tuned, pool). Neither choice lands closer on bottle; the
+   default stays the paper's text (no normalisation).
+4. Pretrained variant (sec. 4.3, appendix A.4, profile ``paper_pretrained``): EfficientNet-B4
+   ImageNet; the MLP head alone for 10 epochs at lr 0.03, then all layers for 64 epochs at lr
+   1e-4 with batch-norm frozen "as suggested by the Keras guide", batch 24. Frozen means what
+   Keras ``trainable=False`` does to a BatchNormalization layer: inference mode (running
+   statistics used and not updated) *and* gamma/beta not trained; ``freeze_bn`` does both for
+   every batch-norm layer of the encoder (the MLP head's own batch-norm layers are new layers
+   and train). Weights: ``tf_efficientnet_b4.aa_in1k``. The paper used Keras'
+   ``EfficientNetB4(weights="imagenet")``, whose h5 files are the TF/TPU AutoAugment checkpoint
+   (``ckptsaug/efficientnet-b4``, top-1 82.9 %, per the keras-io fine-tuning example by the
+   author of tf.keras EfficientNet and the keras.io applications table); timm's ``aa_in1k`` tag
+   is the port of that same checkpoint (top-1 83.0 % in timm). Same provenance, different
+   serialisation (not byte-compared). Known difference we do not reproduce: tf.keras <= 2.8
+   normalised EfficientNet inputs with the standard deviation where the variance was meant
+   (keras commit d2b35430, first in keras 2.9), so 2021-era Keras code fed (x - mean) /
+   sqrt(std) instead of (x - mean) / std; we normalise with timm's pretrained_cfg mean/std.
+5. Ensemble (sec. 4.1, table 1 "Ensemble", 96.1): ``ensemble`` = N trains N models in one job
+   (member i is seeded with job seed + i: its weight init, augmentation stream and input
+   order) and averages their anomaly scores. Raw Mahalanobis distances are averaged: each is
+   already whitened by its own member's covariance (for normal data about sqrt(d) with the same
+   d for every member), so no member dominates by scale, and normalising further would need
+   scores of held-out normal images, which a one-class training set does not have (in-sample
+   training distances are biased low). The paper only says "ensembling anomaly scores". The
+   record names every member (seed and training summary). Profile ``paper_ensemble``.
+6. Features of other levels (sec. 4.3, table 3 "Level-7", after Rippel et al., refs [30, 43]):
+   ``feature_level`` = ``levelN`` average-pools the output of EfficientNet level N instead of
+   the final pooled features, for the GDE only (training is unchanged; table 3 evaluates the
+   same fine-tuned model on both features). Levels as Rippel et al. count them, 1..9: 1 = stem,
+   2..8 = the seven MBConv stages, 9 = head convolution (= ``pool``). In timm: level 1 =
+   ``conv_stem``/``bn1``, level N (2..8) = the output of ``blocks[N - 2]``, so the paper's
+   level 7 = ``blocks[5]`` (272 channels in B4, 192 in lite0). Rippel et al.'s code numbers the
+   same levels 0..8; a reader who takes "level-7" in that numbering gets ``level8``
+   (``blocks[6]``, 448 channels in B4). EfficientNet backbones only.
+
+Proxy tasks of the paper's tables (``mode``; see ``CutPasteSampler`` for the class layout):
+``3way`` (default; tables 1/5 "CutPaste (3-way)"), ``binary`` (table 1/4/5 "CutPaste"),
+``scar`` (table 1/5 "CutPaste (scar)": kept name, it is CutPaste-Scar, an image patch),
+``union`` (table 5 "Binary (Union)"), ``rotation`` (table 1 "Rotation": 4-way 0/90/180/270,
+refs [19, 20]; scored, as in ref. [52]'s code and sec. 4, by the GDE on pooled features of the
+unrotated image, not by the rotation classifier), ``cutout`` (table 1 "Cutout" = table 4
+"Cutout": box of CutPaste's size filled grey; ``cutout_fill=mean`` table 4 "Cutout (Mean)": the
+image's mean colour, ``cutout_fill=random`` "Cutout (Color)"), ``scar_cutout`` (table 1 "Scar":
+ref. [16]'s random-colour scar, at CutPaste-Scar's sizes and rotation, as sec. 3.1 compares them
+"with the same scale"), ``confetti`` (table 4 "Confetti", FCDD's noise, see
+``synth.confetti``). Every mode trains with the same recipe (A.1: "the same training strategy
+... is applied").
+
+No silent options: an option set away from its default where this configuration never reads
+it is a ``ConfigError`` (``inert_options``; e.g. ``freeze_bn`` without ``pretrained``, scar
+sizes in a mode without scars, ``cutout_fill`` outside ``cutout``).
 
 No anomaly map: the paper's image-level model only gives GradCAM visualisations, which are not
 a localisation method; ``produces_maps = False`` and records carry no pixel metrics.
 Localisation is the patch-level model, ``cutpaste_patch``.
 
-Our choices where the paper is silent (the official code is TensorFlow, not consulted here):
-* MLP head: ``head_dims`` (512 x 8, 128) as in the authors' released command line
-  ("--head_dims=512,512,512,512,512,512,512,512,128"), each hidden layer Linear-BN-ReLU;
+Our choices where the paper is silent (CutPaste's code was never released; its authors'
+earlier DROC code [52] is the closest released reference):
+* MLP head: ``head_dims`` (512 x 8, 128) as in DROC's released scripts
+  (``script/run_contrastive.sh``: "--head_dims=512,512,512,512,512,512,512,512,128"), each
+  hidden layer Linear-BN-ReLU;
 * input translation up to ``translate`` (10 %) of the side with reflect padding, input colour
   jitter ``input_jitter`` = 0.1 (brightness, contrast, saturation, hue);
-* ``batch_size`` counts augmented samples per step (96 = 32 images x 3), as in the paper.
 * measured cost of the ``paper`` profile on this 2-core CPU: 15.4 CPU-seconds per step
   (ResNet-18, 256 px, batch 96, one thread; 178 s wall under a load of ~20), i.e. ~1.1 CPU-hours
   per 256-step epoch and ~12 CPU-days for the paper's 256 epochs: it is meant for a GPU.
 * ``area_ratio`` and the scar sizes are options (the paper's table 8 varies the patch size);
   defaults are the paper's.
+
+CPU profiles: ``quick`` follows the EfficientNet recipe with tf_efficientnet_lite0 (the only
+ImageNet weights available offline here) at 128 px and 45 steps; ``quick_scratch`` is the
+from-scratch ResNet-18 at a CPU budget.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Iterable, Literal, Optional
+from typing import Iterable, Literal, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -59,16 +122,35 @@ from adbench.components.synth import CutPasteSampler, color_jitter
 from adbench.config import MethodConfig
 from adbench.data import Batch, load_all_images
 from adbench.detector import Detector, Prediction
-from adbench.errors import DataError
+from adbench.errors import ConfigError, DataError
 from adbench.registry import register_method
 from adbench.weights import NO_WEIGHTS, WeightsInfo, exact_tag, load_pretrained
+
+#: images per step in the paper's batches: 64 = 32 x 2 (two-class modes), 96 = 32 x 3 (3-way)
+PAPER_IMAGES_PER_STEP = 32
+
+Mode = Literal["3way", "binary", "scar", "union", "rotation", "cutout", "scar_cutout", "confetti"]
+FeatureLevel = Literal["pool", "level1", "level2", "level3", "level4", "level5", "level6", "level7", "level8"]
+
+#: the augmentation options each mode reads (config names); any other is inert in that mode
+MODE_OPTIONS = {
+    "3way": {"area_ratio", "patch_jitter", "scar_width", "scar_length"},
+    "binary": {"area_ratio", "patch_jitter"},
+    "scar": {"patch_jitter", "scar_width", "scar_length"},
+    "union": {"area_ratio", "patch_jitter", "scar_width", "scar_length"},
+    "rotation": set(),
+    "cutout": {"area_ratio", "cutout_fill"},
+    "scar_cutout": {"scar_width", "scar_length"},
+    "confetti": set(),
+}
+AUGMENTATION_OPTIONS = ("area_ratio", "patch_jitter", "scar_width", "scar_length", "cutout_fill")
 
 
 @dataclass
 class CutPasteConfig(MethodConfig):
     image_size: int = 256
-    batch_size: int = 96
-    mode: Literal["3way", "binary", "scar", "union"] = "3way"
+    batch_size: Optional[int] = None  # None: 32 images x classes of ``mode`` (64 / 96 / 128)
+    mode: Mode = "3way"
     backbone: str = "resnet18"
     pretrained: bool = False
     head_dims: tuple[int, ...] = (512, 512, 512, 512, 512, 512, 512, 512, 128)
@@ -84,10 +166,76 @@ class CutPasteConfig(MethodConfig):
     area_ratio: tuple[float, float] = (0.02, 0.15)
     scar_width: tuple[int, int] = (2, 16)
     scar_length: tuple[int, int] = (10, 25)
+    cutout_fill: Literal["grey", "mean", "random"] = "grey"
     input_jitter: float = 0.1
     translate: float = 0.1
+    feature_level: FeatureLevel = "pool"
+    gde_l2_normalize: bool = False
+    ensemble: int = 1
     embed_batch_size: int = 32
     num_threads: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size is None:  # appendix A.1: 64 for two classes, 96 for 3-way
+            self.batch_size = PAPER_IMAGES_PER_STEP * CutPasteSampler.MODES.get(self.mode, 3)
+        self.check()  # while configs are resolved: exit 2 before any job starts
+
+    def inert_rules(self) -> list[tuple[str, bool, str]]:
+        """``(option, inert, why)``: what this configuration never reads. A config that
+        inherits this one and ignores more (the patch-level model) extends the list."""
+        return inert_rules_of(self)
+
+    def inert_options(self) -> dict[str, str]:
+        """The inert options of ``inert_rules`` (``resolve_config`` rejects one the user set)."""
+        out: dict[str, str] = {}
+        for name, inert, why in self.inert_rules():
+            if inert:
+                out.setdefault(name, why)
+        return out
+
+    def check(self) -> None:
+        """Values that cannot work: one-line ConfigErrors (ignored options: ``inert_options``)."""
+        if self.mode not in CutPasteSampler.MODES:
+            raise ConfigError(f"--set mode={self.mode}: expected one of {', '.join(CutPasteSampler.MODES)}")
+        if self.ensemble < 1:
+            raise ConfigError(f"--set ensemble={self.ensemble}: must be >= 1")
+        if self.batch_size < CutPasteSampler.MODES[self.mode]:
+            raise ConfigError(f"--set batch_size={self.batch_size}: below one image per class of mode={self.mode}")
+        if self.feature_level != "pool" and not is_efficientnet(self.backbone):
+            raise ConfigError(f"--set feature_level={self.feature_level}: levels are EfficientNet levels "
+                              f"(Rippel et al.), not defined for backbone={self.backbone}")
+
+
+def is_efficientnet(name: str) -> bool:
+    """Whether a timm name is an EfficientNet (B0-B8, lite, TF ports): the 7-stage layout that
+    Rippel et al.'s levels refer to."""
+    arch = str(name).split(".")[0]
+    return arch.startswith(("efficientnet_", "tf_efficientnet_"))
+
+
+#: what only training reads: all inert when epochs=0 (the GDE then sees the initial encoder;
+#: the head-only phase alone never changes the encoder, hence never the GDE's features)
+TRAINING_OPTIONS = ("mode", "head_dims", "steps_per_epoch", "lr", "momentum", "weight_decay", "head_only_epochs",
+                    "finetune_lr", "freeze_bn", *AUGMENTATION_OPTIONS, "input_jitter", "translate")
+
+
+def inert_rules_of(cfg: CutPasteConfig) -> list[tuple[str, bool, str]]:
+    """``(option, inert, why)`` rules of this configuration (``CutPasteConfig.inert_options``)."""
+    if cfg.epochs == 0:
+        why = "with epochs=0 (no encoder training: the GDE sees the initial encoder)"
+        return [(name, True, why) for name in TRAINING_OPTIONS] + [
+            ("ensemble", cfg.pretrained, "with epochs=0 and pretrained=true (every member would be the same network)")]
+    rules = [
+        ("head_only_epochs", not cfg.pretrained, "with pretrained=false (the head-only phase is the pretrained recipe, A.4)"),
+        ("freeze_bn", not cfg.pretrained, "with pretrained=false (frozen batch-norm is the pretrained recipe, A.4)"),
+        ("finetune_lr", not cfg.pretrained, "with pretrained=false (it is the fine-tuning lr of the pretrained recipe)"),
+        ("finetune_lr", cfg.head_only_epochs == 0,
+         "with head_only_epochs=0 (it is the lr after the head-only phase; lr is used)"),
+    ]
+    used = MODE_OPTIONS[cfg.mode]
+    for name in AUGMENTATION_OPTIONS:
+        rules.append((name, name not in used, f"with mode={cfg.mode} (that mode does not use it)"))
+    return rules
 
 
 def load_encoder(name: str, pretrained: bool, weights: Optional[str], allow_fallback: bool) -> tuple[nn.Module, WeightsInfo]:
@@ -130,6 +278,19 @@ class CutPasteNet(nn.Module):
         """Average-pooled encoder features of images in [0, 1] (the GDE's input)."""
         return self.encoder((images - self.mean) / self.std)
 
+    def level_features(self, images: torch.Tensor, level: int) -> torch.Tensor:
+        """Average-pooled output of EfficientNet level ``level`` (Rippel et al.'s 1..9: 1 = stem,
+        2..8 = ``blocks[level - 2]``, 9 = head convolution = ``embed``) of images in [0, 1]."""
+        enc = self.encoder
+        if not all(hasattr(enc, name) for name in ("conv_stem", "bn1", "blocks")) or len(enc.blocks) != 7:
+            raise ConfigError(f"--set feature_level=level{level}: the encoder is not a 7-stage EfficientNet")
+        if level >= 9:
+            return self.embed(images)
+        x = enc.bn1(enc.conv_stem((images - self.mean) / self.std))
+        for stage in enc.blocks[: level - 1]:
+            x = stage(x)
+        return x.mean(dim=(2, 3))
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.embed(images)
         return feats, self.classifier(self.head(feats))
@@ -165,10 +326,14 @@ def torch_threads(n: Optional[int]):
         torch.set_num_threads(old)
 
 
+def batchnorm_layers(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def set_batchnorm_eval(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
+    """Batch-norm layers in inference mode: running statistics used, not updated."""
+    for m in batchnorm_layers(module):
+        m.eval()
 
 
 class CutPasteTrainer:
@@ -176,19 +341,22 @@ class CutPasteTrainer:
 
     ``crop`` (None or an int) makes every training sample a random ``crop x crop`` patch of the
     (translated, jittered) image before CutPaste, as the patch-level model trains (sec. 2.4).
+    ``seed`` (default: the job's) seeds the augmentation stream (an ensemble member's own seed).
     """
 
-    def __init__(self, config: CutPasteConfig, context, crop: Optional[int] = None):
+    def __init__(self, config: CutPasteConfig, context, crop: Optional[int] = None, seed: Optional[int] = None):
         self.config = config
         self.context = context
         self.crop = crop
+        self.seed = int(context.seed if seed is None else seed)
         self.sampler = CutPasteSampler(config.mode, jitter=config.patch_jitter, area_ratio=tuple(config.area_ratio),
-                                       scar_width=tuple(config.scar_width), scar_length=tuple(config.scar_length))
+                                       scar_width=tuple(config.scar_width), scar_length=tuple(config.scar_length),
+                                       cutout_fill=config.cutout_fill)
         encoder, self.weights = load_encoder(
             config.backbone, config.pretrained, context.weights, allow_fallback=context.allow_random_weights
         )
         self.net = CutPasteNet(encoder, tuple(config.head_dims), self.sampler.num_classes).to(context.device)
-        self.rng = np.random.default_rng(context.seed)
+        self.rng = np.random.default_rng(self.seed)
         self.history: list[dict] = []
         self.seconds_per_step: Optional[float] = None
 
@@ -216,12 +384,14 @@ class CutPasteTrainer:
         if steps <= 0:
             return
         net = self.net
-        if head_only:
-            params = list(net.head.parameters()) + list(net.classifier.parameters())
-        else:
-            params = list(net.parameters())
         for p in net.encoder.parameters():
             p.requires_grad_(not head_only)
+        frozen_bn = cfg.freeze_bn and not head_only
+        if frozen_bn:  # Keras trainable=False: neither statistics nor gamma/beta change
+            for m in batchnorm_layers(net.encoder):
+                for p in m.parameters(recurse=False):
+                    p.requires_grad_(False)
+        params = [p for p in net.parameters() if p.requires_grad]
         opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
         device = self.context.device
@@ -231,7 +401,7 @@ class CutPasteTrainer:
             net.train()
             if head_only:
                 net.encoder.eval()
-            elif cfg.freeze_bn:
+            elif frozen_bn:
                 set_batchnorm_eval(net.encoder)
             with torch_threads(1):
                 images, labels = self.sampler(self._sample(data), self.rng)
@@ -263,13 +433,17 @@ class CutPasteTrainer:
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled encoder features of float images in [0, 1], in eval mode, chunked."""
+        """The GDE's features of float images in [0, 1] (pooled encoder output, or the pooled
+        EfficientNet level of ``feature_level``), in eval mode, chunked."""
         self.net.eval()
+        level = self.config.feature_level
         out = []
         bs = max(1, self.config.embed_batch_size)
         with torch_threads(self.config.num_threads):
             for i in range(0, len(images), bs):
-                out.append(self.net.embed(images[i : i + bs].to(self.context.device)).float().cpu())
+                chunk = images[i : i + bs].to(self.context.device)
+                feats = self.net.embed(chunk) if level == "pool" else self.net.level_features(chunk, int(level[5:]))
+                out.append(feats.float().cpu())
         return torch.cat(out)
 
     def summary(self, last: int = 50) -> dict:
@@ -282,19 +456,40 @@ class CutPasteTrainer:
         }
 
 
+class Member(NamedTuple):
+    """One trained model of an ensemble: its seed, trainer (network) and GDE."""
+
+    seed: int
+    trainer: CutPasteTrainer
+    gde: GaussianDensity
+
+
 @register_method("cutpaste")
 class CutPaste(Detector):
     """CutPaste image-level detector: 3-way CutPaste classification + GDE on pooled features.
 
     Paper values (appendix A.1/A.4) are the ``paper`` / ``paper_pretrained`` profiles; see the
     module docstring for where each value came from and the choices made where it is silent.
+    Switches per paper table row: ``mode`` (tables 1, 4, 5), ``cutout_fill`` (table 4),
+    ``feature_level`` (table 3), ``ensemble`` (table 1 "Ensemble").
     """
 
     Config = CutPasteConfig
     PROFILES = {
         "paper": {},
+        # table 1 "Ensemble": 5 CutPaste (3-way) models, scores averaged (sec. 4.1)
+        "paper_ensemble": {"ensemble": 5},
+        # table 3 "Finetune / Pool": EfficientNet-B4 fine-tuned by 3-way CutPaste (A.4)
         "paper_pretrained": {"backbone": "tf_efficientnet_b4.aa_in1k", "pretrained": True, "batch_size": 24,
                              "head_only_epochs": 10, "epochs": 64, "finetune_lr": 1e-4, "freeze_bn": True},
+        # table 3 "Finetune / Level-7": the same model, GDE on pooled level-7 features
+        "paper_level7": {"backbone": "tf_efficientnet_b4.aa_in1k", "pretrained": True, "batch_size": 24,
+                         "head_only_epochs": 10, "epochs": 64, "finetune_lr": 1e-4, "freeze_bn": True,
+                         "feature_level": "level7"},
+        # table 3 "Pretrain": ImageNet B4 features without fine-tuning (no training step)
+        "paper_imagenet": {"backbone": "tf_efficientnet_b4.aa_in1k", "pretrained": True, "epochs": 0},
+        "paper_imagenet_level7": {"backbone": "tf_efficientnet_b4.aa_in1k", "pretrained": True, "epochs": 0,
+                                  "feature_level": "level7"},
         # CPU budget (DESIGN.md: quick = tf_efficientnet_lite0 with its ImageNet weights): the
         # EfficientNet recipe of appendix A.4 shrunk to 128 px, batch 24 (8 images x 3), 15
         # head-only steps at lr 0.03, then 30 steps of all layers at lr 1e-3 with batch-norm
@@ -310,28 +505,56 @@ class CutPaste(Detector):
     produces_maps = False
     protocols = ("single",)
 
+    def __init__(self, config: CutPasteConfig, context=None):
+        super().__init__(config, context)
+        self.members: list[Member] = []
+
     def fit(self, train_loader: Iterable[Batch]) -> None:
-        self.trainer = CutPasteTrainer(self.config, self.context)
+        """Train ``ensemble`` models (seeds job seed + i) and fit one GDE per model on the
+        features of the training images. Member 0 draws its weight init from the job's torch
+        state as seeded by the harness (so ``ensemble=1`` is exactly the single-model run);
+        member i >= 1 reseeds torch with job seed + i first."""
+        cfg = self.config
         data = load_all_images(train_loader)
-        self.trainer.train(data)
-        feats = torch.cat([self.trainer.embed(data[i : i + 64].float() / 255.0) for i in range(0, len(data), 64)])
-        self.gde = GaussianDensity().fit(feats)
+        self.members = []
+        for i in range(cfg.ensemble):
+            seed = int(self.context.seed) + i
+            if i > 0:
+                torch.manual_seed(seed)
+            trainer = CutPasteTrainer(cfg, self.context, seed=seed)
+            trainer.train(data)
+            feats = torch.cat([trainer.embed(data[j : j + 64].float() / 255.0) for j in range(0, len(data), 64)])
+            gde = GaussianDensity(l2_normalize=cfg.gde_l2_normalize).fit(feats)
+            self.members.append(Member(seed, trainer, gde))
+        self.trainer, self.gde = self.members[0].trainer, self.members[0].gde
+
+    @torch.no_grad()
+    def member_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """[members, B] Mahalanobis distances of every member."""
+        return torch.stack([m.gde.score(m.trainer.embed(images)) for m in self.members])
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:
-        feats = self.trainer.embed(batch.images)
-        return Prediction(scores=self.gde.score(feats), maps=None)
+        return Prediction(scores=self.member_scores(batch.images).mean(dim=0), maps=None)
 
     def weights_info(self) -> WeightsInfo:
         return self.trainer.weights if hasattr(self, "trainer") else NO_WEIGHTS
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.trainer.net.parameters()) if hasattr(self, "trainer") else 0
+        return sum(p.numel() for m in self.members for p in m.trainer.net.parameters())
 
     def record_extras(self) -> dict:
+        cfg = self.config
         extras = {"maps": "none (image-level CutPaste has no localisation; see cutpaste_patch)",
-                  "mode": self.config.mode}
-        if hasattr(self, "trainer"):
+                  "mode": cfg.mode, "batch_size": cfg.batch_size,
+                  "images_per_step": max(1, cfg.batch_size // CutPasteSampler.MODES[cfg.mode]),
+                  "feature_level": cfg.feature_level, "gde_l2_normalize": cfg.gde_l2_normalize}
+        if self.members:
             extras.update(self.trainer.summary())
             extras["gde_shrinkage"] = float(self.gde.shrinkage[0])
+            extras["feature_dim"] = int(self.gde.mean.shape[-1])
+            if cfg.ensemble > 1:
+                extras["ensemble_scores"] = "mean of the members' raw Mahalanobis distances"
+                extras["ensemble"] = [{"seed": m.seed, **m.trainer.summary(), "gde_shrinkage": float(m.gde.shrinkage[0])}
+                                      for m in self.members]
         return extras

@@ -26,11 +26,51 @@ Where each value comes from:
   30 % of images by (-90, 90), MIAD narrows the range to (-45, 45)); loss weights 1 / 1 / 1;
   focal gamma 2; SSIM window 11; inputs in [0, 1], no normalisation; the 21x21 mean filter
   counts the zero padding (``avg_pool2d``'s default, as the official evaluation does).
-* Texture ops use torchvision's ``transforms.v2.functional`` (not hand-written). Ranges follow
-  the imgaug/pillike defaults the official code uses where the op maps directly: posterize
-  1-8 bits, sharpness factor U(0, 2), solarize threshold U(32, 128) / 255; brightness factor
+* Texture ops, ``augmenter_pool=paper7`` (the ``paper`` profile: the appendix's list of 7).
+  torchvision's ``transforms.v2.functional`` (not hand-written). Ranges follow the
+  imgaug/pillike defaults the official code uses where the op maps directly: posterize 1-8
+  bits, sharpness factor U(0, 2), solarize threshold U(32, 128) / 255; brightness factor
   U(0.8, 1.2) (the official MultiplyAndAddToBrightness multiplier; its additive part is not
   used); colour = saturation factor U(0, 2) (PIL ImageEnhance.Color, MIAD's "color change").
+* Texture ops, ``augmenter_pool=official10`` (the ``miad`` profile): the 10 imgaug augmenters
+  of the official code (VitjanZ/DRAEM ``data_loader.py`` at 2dbf673, imgaug 0.4.0, whose
+  defaults fill the unstated parameters), 3 distinct ones drawn per sample
+  (``np.random.choice(10, 3, replace=False)``) and applied in the drawn order: GammaContrast
+  gamma U(0.5, 2) per channel; MultiplyAndAddToBrightness mul U(0.8, 1.2), add U(-30, 30) on
+  the brightness channel of a colour space drawn from imgaug's six (YCrCb, HSV, HLS, Lab,
+  Luv, YUV), multiply and add in random order; pillike.EnhanceSharpness factor U(0, 2);
+  AddToHueAndSaturation integers U[-50, 50] drawn separately for hue (cyclic, v / 255 of the
+  circle) and saturation (clipped); Solarize with probability 0.5, threshold U(32, 128),
+  values >= threshold inverted; Posterize 1-8 bits; Invert; pillike.Autocontrast cutoff
+  U{0..20} %; pillike.Equalize; Affine rotate U(-45, 45) degrees (bilinear, black corners).
+  They run on torchvision (gamma, sharpness, solarize, posterize, invert, equalize, rotate),
+  kornia colour conversions (brightness, hue / saturation) and PIL (autocontrast with a
+  cutoff, which torchvision lacks; imgaug's pillike version is documented to give PIL's
+  output). Every parameter is drawn from the sampler's explicit NumPy generator; no imgaug
+  dependency. Known differences: colour conversions in float instead of OpenCV's 8-bit ones
+  (differences of a grey level or so); the official code feeds OpenCV's BGR arrays to these
+  RGB augmenters (hue turns the other way; the lightness of YCrCb, YUV, Lab and Luv weighs R
+  and B swapped), ours get RGB: for the symmetric hue range the distribution is the same, for
+  brightness the weighting of the channel that is scaled differs slightly.
+* Rotation of normal images, how we read the appendix: the official code rotates 30 % of the
+  training images by U(-90, 90) degrees before synthesis (``rot = Affine(rotate=(-90, 90))``,
+  ``torch.rand(1) > 0.7``); the appendix says "additional image rotation in the range of
+  (-45, 45) degrees ... on non-defective images". We take the appendix's range as a value it
+  states (``rotate_degrees=45``) and the official probability it does not state
+  (``rotate_prob=0.3``) in both ``paper`` and ``miad``. The appendix's (-45, 45) may instead
+  describe the pool's own ``Affine(rotate=(-45, 45))`` op (which rotates the texture, not the
+  image); that op is part of ``official10`` anyway. ``--set rotate_degrees=90`` gives the
+  official code's normal-image rotation exactly.
+* Profiles: ``miad`` = ``paper`` except ``augmenter_pool=official10`` (the appendix names the
+  official code as what it ran, and that code's pool is the 10 ops above, while its text lists
+  7); every other value (256 px, 3 ops, rotation, 700 epochs, batch 8, Adam 1e-4 x0.2 after
+  560 and 630 epochs, L2 + SSIM + focal, official widths and initialisation) is the same.
+* No silent options (``adbench.config.reject_inert``): with ``anomaly_prob=0`` the options
+  ``anomaly_source``, ``beta_max``, ``texture_ops`` and ``augmenter_pool`` have no effect, with
+  ``texture_ops=0`` ``augmenter_pool`` has none, with ``rotate_prob=0`` ``rotate_degrees`` has
+  none, with no ``lr_milestones`` ``lr_gamma`` has none and with ``lr_gamma=1`` the milestones
+  have none: a non-default value of such an option is a ConfigError. ``texture_ops`` larger
+  than the pool, probabilities outside [0, 1] and milestones outside (0, 1) are errors too.
 * Anomaly source: ``--set anomaly_source=DIR`` (the paper uses DTD); without it procedural
   textures from ``adbench.components.textures`` (not DTD, so numbers are not directly
   comparable with the paper's), and ``record_extras()["anomaly_source"]`` says which.
@@ -39,7 +79,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Literal, Optional
 
 import numpy as np
 import torch
@@ -52,6 +92,7 @@ from adbench.components.synth import TextureSource, numpy_rng, perlin_texture_an
 from adbench.config import MethodConfig
 from adbench.data import Batch, load_all_images
 from adbench.detector import Detector, Prediction
+from adbench.errors import ConfigError
 from adbench.registry import register_method
 
 
@@ -72,8 +113,41 @@ class DRAEMConfig(MethodConfig):
     rotate_prob: float = 0.3
     rotate_degrees: float = 45.0
     texture_ops: int = 3
+    # which ops the texture's texture_ops are drawn from: the MIAD appendix's list of 7, or the
+    # official code's 10 imgaug augmenters (what the MIAD authors ran; module docstring)
+    augmenter_pool: Literal["paper7", "official10"] = "paper7"
     focal_gamma: float = 2.0
     score_filter: int = 21  # mean-filter size before the image-score max
+
+    def __post_init__(self):
+        for name in ("anomaly_prob", "rotate_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"--set {name}={getattr(self, name)}: must be a probability in [0, 1]")
+        pool = len(AUGMENTER_POOLS[self.augmenter_pool])
+        if not 0 <= self.texture_ops <= pool:
+            raise ConfigError(f"--set texture_ops={self.texture_ops}: must be 0..{pool}, the size of "
+                              f"augmenter_pool={self.augmenter_pool}")
+        if any(not 0.0 < f < 1.0 for f in self.lr_milestones):
+            raise ConfigError(f"--set lr_milestones={','.join(map(str, self.lr_milestones))}: fractions of "
+                              "the epochs, each in (0, 1)")
+
+    def inert_options(self) -> dict[str, str]:
+        """Options this configuration does not read, with the reason (no silent options;
+        ``resolve_config`` rejects one the user set: ``adbench.config.reject_inert``)."""
+        inert: dict[str, str] = {}
+        if self.anomaly_prob == 0:
+            why = "anomaly_prob=0 (no synthetic anomalies are made)"
+            inert.update(anomaly_source=why, beta_max=why, texture_ops=why, augmenter_pool=why)
+        elif self.texture_ops == 0:
+            inert["augmenter_pool"] = "texture_ops=0 (the texture is not augmented)"
+        if self.rotate_prob == 0:
+            inert["rotate_degrees"] = "rotate_prob=0 (no image is rotated)"
+        if not self.lr_milestones:
+            inert["lr_gamma"] = "lr_milestones is empty (the learning rate never changes)"
+        elif self.lr_gamma == 1:
+            inert["lr_milestones"] = "lr_gamma=1 (the learning rate never changes)"
+        return inert
+
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,13 +249,160 @@ def _texture_ops():
 TEXTURE_OPS = ("posterize", "sharpness", "solarize", "equalize", "brightness", "colour", "autocontrast")
 
 
-def augment_texture(texture: torch.Tensor, rng: np.random.Generator, n_ops: int = 3) -> tuple[torch.Tensor, list[str]]:
-    """Apply ``n_ops`` distinct ops (random order) to a float [3, H, W] texture in [0, 1]."""
-    ops = _texture_ops()
-    names = [TEXTURE_OPS[i] for i in rng.choice(len(TEXTURE_OPS), size=n_ops, replace=False)]
+# The official code's pool (VitjanZ/DRAEM data_loader.py, imgaug 0.4.0 defaults filled in).
+# Each op is (draw parameters from the rng, apply them to a uint8 [3, H, W] tensor), so tests
+# can check an op against its definition with known parameters.
+def _to_pil(t: torch.Tensor):
+    from PIL import Image
+
+    return Image.fromarray(t.permute(1, 2, 0).contiguous().numpy())
+
+
+def _from_pil(img) -> torch.Tensor:
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def _float(t: torch.Tensor) -> torch.Tensor:
+    return t.float() / 255.0
+
+
+def _uint8(x: torch.Tensor) -> torch.Tensor:
+    return (x.clamp(0, 1) * 255.0).round().to(torch.uint8)
+
+
+def _gamma_contrast(t: torch.Tensor, p: dict) -> torch.Tensor:
+    """imgaug GammaContrast((0.5, 2.0), per_channel=True): 255 * (x / 255) ** gamma_c."""
+    import torchvision.transforms.v2.functional as TF
+
+    return torch.cat([TF.adjust_gamma(t[c : c + 1], float(g)) for c, g in enumerate(p["gamma"])])
+
+
+# colour spaces MultiplyAndAddToBrightness picks from (imgaug's default list), as kornia pairs:
+# (forward, inverse, brightness channel, channel range); the same channel imgaug edits (Y, V, L)
+BRIGHTNESS_SPACES = {
+    "YCrCb": ("rgb_to_ycbcr", "ycbcr_to_rgb", 0, 1.0),
+    "HSV": ("rgb_to_hsv", "hsv_to_rgb", 2, 1.0),
+    "HLS": ("rgb_to_hls", "hls_to_rgb", 1, 1.0),
+    "Lab": ("rgb_to_lab", "lab_to_rgb", 0, 100.0),
+    "Luv": ("rgb_to_luv", "luv_to_rgb", 0, 100.0),
+    "YUV": ("rgb_to_yuv", "yuv_to_rgb", 0, 1.0),
+}
+
+
+def _multiply_add_brightness(t: torch.Tensor, p: dict) -> torch.Tensor:
+    """imgaug MultiplyAndAddToBrightness(mul=(0.8, 1.2), add=(-30, 30)): in one of six colour
+    spaces, the brightness channel b (as a fraction of its range) becomes b * mul and b + add/255,
+    in random order, each clipped to the range; then back to RGB."""
+    import kornia.color as KC
+
+    forward, inverse, channel, scale = BRIGHTNESS_SPACES[p["space"]]
+    x = getattr(KC, forward)(_float(t))
+    b = x[channel] / scale
+    steps = [lambda v: v * p["mul"], lambda v: v + p["add"] / 255.0]
+    for step in steps if p["mul_first"] else steps[::-1]:
+        b = step(b).clamp(0, 1)
+    x = torch.cat([x[:channel], (b * scale)[None], x[channel + 1 :]])
+    return _uint8(getattr(KC, inverse)(x))
+
+
+def _sharpness(t: torch.Tensor, p: dict) -> torch.Tensor:
+    """imgaug pillike.EnhanceSharpness(): PIL ImageEnhance.Sharpness, factor U(0, 2)."""
+    import torchvision.transforms.v2.functional as TF
+
+    return TF.adjust_sharpness(t, p["factor"])
+
+
+def _add_hue_saturation(t: torch.Tensor, p: dict) -> torch.Tensor:
+    """imgaug AddToHueAndSaturation((-50, 50), per_channel=True): integers v_h, v_s in
+    [-50, 50] drawn independently; hue turns by v_h / 255 of the colour circle (cyclic),
+    saturation gains v_s / 255 (clipped to [0, 1])."""
+    import kornia.color as KC
+
+    h, s_, v = KC.rgb_to_hsv(_float(t))
+    h = torch.remainder(h + 2 * math.pi * p["hue"] / 255.0, 2 * math.pi)
+    s_ = (s_ + p["saturation"] / 255.0).clamp(0, 1)
+    return _uint8(KC.hsv_to_rgb(torch.stack([h, s_, v])))
+
+
+def _solarize(t: torch.Tensor, p: dict) -> torch.Tensor:
+    """imgaug Solarize(0.5, threshold=(32, 128)): with probability 0.5, every value >= a
+    threshold U(32, 128) becomes 255 - value."""
+    import torchvision.transforms.v2.functional as TF
+
+    return TF.solarize(t, p["threshold"]) if p["apply"] else t
+
+
+def _posterize(t: torch.Tensor, p: dict) -> torch.Tensor:
+    """imgaug Posterize() = UniformColorQuantizationToNBits((1, 8)), PIL's posterize: keep the
+    ``bits`` highest bits."""
+    import torchvision.transforms.v2.functional as TF
+
+    return TF.posterize(t, p["bits"])
+
+
+def _invert(t: torch.Tensor, p: dict) -> torch.Tensor:
+    """imgaug Invert() (p = 1): 255 - value."""
+    import torchvision.transforms.v2.functional as TF
+
+    return TF.invert(t)
+
+
+def _autocontrast(t: torch.Tensor, p: dict) -> torch.Tensor:
+    """imgaug pillike.Autocontrast() (identical outputs to PIL's): ImageOps.autocontrast with an
+    integer cutoff in [0, 20] percent. torchvision's autocontrast has no cutoff, so PIL is used."""
+    from PIL import ImageOps
+
+    return _from_pil(ImageOps.autocontrast(_to_pil(t), cutoff=p["cutoff"]))
+
+
+def _equalize(t: torch.Tensor, p: dict) -> torch.Tensor:
+    """imgaug pillike.Equalize(): PIL's histogram equalisation per channel."""
+    import torchvision.transforms.v2.functional as TF
+
+    return TF.equalize(t)
+
+
+def _rotate(t: torch.Tensor, p: dict) -> torch.Tensor:
+    """imgaug Affine(rotate=(-45, 45)): rotation about the centre, bilinear, black corners."""
+    import torchvision.transforms.v2.functional as TF
+
+    return TF.rotate(t, p["angle"], interpolation=TF.InterpolationMode.BILINEAR, fill=[0.0])
+
+
+OFFICIAL_OPS = {
+    "gamma_contrast": (lambda r: {"gamma": r.uniform(0.5, 2.0, size=3)}, _gamma_contrast),
+    "multiply_add_brightness": (
+        lambda r: {"space": list(BRIGHTNESS_SPACES)[int(r.integers(len(BRIGHTNESS_SPACES)))],
+                   "mul": float(r.uniform(0.8, 1.2)), "add": float(r.uniform(-30, 30)),
+                   "mul_first": bool(r.random() < 0.5)},
+        _multiply_add_brightness,
+    ),
+    "sharpness": (lambda r: {"factor": float(r.uniform(0.0, 2.0))}, _sharpness),
+    "add_hue_saturation": (lambda r: {"hue": int(r.integers(-50, 51)), "saturation": int(r.integers(-50, 51))},
+                           _add_hue_saturation),
+    "solarize": (lambda r: {"apply": bool(r.random() < 0.5), "threshold": float(r.uniform(32, 128))}, _solarize),
+    "posterize": (lambda r: {"bits": int(r.integers(1, 9))}, _posterize),
+    "invert": (lambda r: {}, _invert),
+    "autocontrast": (lambda r: {"cutoff": int(r.integers(0, 21))}, _autocontrast),
+    "equalize": (lambda r: {}, _equalize),
+    "rotate": (lambda r: {"angle": float(r.uniform(-45.0, 45.0))}, _rotate),
+}
+AUGMENTER_POOLS = {"paper7": TEXTURE_OPS, "official10": tuple(OFFICIAL_OPS)}
+
+
+def augment_texture(texture: torch.Tensor, rng: np.random.Generator, n_ops: int = 3,
+                    pool: str = "paper7") -> tuple[torch.Tensor, list[str]]:
+    """Apply ``n_ops`` distinct ops of ``pool``, drawn by ``rng`` and applied in the drawn
+    order, to a float [3, H, W] texture in [0, 1]. Every random choice comes from ``rng``."""
+    names = [AUGMENTER_POOLS[pool][i] for i in rng.choice(len(AUGMENTER_POOLS[pool]), size=n_ops, replace=False)]
     t = (texture * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)  # equalize/posterize want uint8
+    ops = _texture_ops() if pool == "paper7" else None
     for name in names:
-        t = ops[name](t, rng)
+        if ops is not None:
+            t = ops[name](t, rng)
+        else:
+            sample, apply = OFFICIAL_OPS[name]
+            t = apply(t, sample(rng))
     return t.float() / 255.0, names
 
 
@@ -195,8 +416,10 @@ class DRAEMAnomalySampler:
     """
 
     def __init__(self, source: TextureSource, anomaly_prob: float = 0.5, beta_max: float = 0.8,
-                 rotate_prob: float = 0.3, rotate_degrees: float = 45.0, texture_ops: int = 3):
+                 rotate_prob: float = 0.3, rotate_degrees: float = 45.0, texture_ops: int = 3,
+                 augmenter_pool: str = "paper7"):
         self.source = source
+        self.augmenter_pool = augmenter_pool
         self.anomaly_prob = anomaly_prob
         self.beta_max = beta_max
         self.rotate_prob = rotate_prob
@@ -214,7 +437,7 @@ class DRAEMAnomalySampler:
         h, w = normal.shape[-2:]
         if rng.random() >= self.anomaly_prob:
             return normal, normal.clone(), torch.zeros(h, w, dtype=torch.bool)
-        texture, _ = augment_texture(self.source.sample((h, w), rng), rng, self.texture_ops)
+        texture, _ = augment_texture(self.source.sample((h, w), rng), rng, self.texture_ops, self.augmenter_pool)
         augmented, mask = perlin_texture_anomaly(normal, texture, rng, beta_range=(0.0, self.beta_max), nonempty=False)
         return normal, augmented, mask
 
@@ -243,6 +466,9 @@ class DRAEM(Detector):
     Config = DRAEMConfig
     PROFILES = {
         "paper": {},
+        # MIAD appendix A.2.4 on the official code: the paper profile with the official code's
+        # 10-op augmenter pool (module docstring: how the appendix's rotation is read)
+        "miad": {"augmenter_pool": "official10"},
         # 2-core CPU budget (~10 min on bottle, ~20 on magnetic_tile): half resolution, networks
         # 1/16 (reconstructive) and 1/8 (discriminative) of the official widths, at most 500
         # optimiser steps in whole epochs (max_steps), a 10x learning rate (1e-4 is tuned for
@@ -262,7 +488,7 @@ class DRAEM(Detector):
         self.discriminative.apply(init_weights)
         self.source = TextureSource(c.anomaly_source)
         self.sampler = DRAEMAnomalySampler(self.source, c.anomaly_prob, c.beta_max, c.rotate_prob,
-                                           c.rotate_degrees, c.texture_ops)
+                                           c.rotate_degrees, c.texture_ops, c.augmenter_pool)
         self.loss_history: list[float] = []
         self.epochs_run = 0
 

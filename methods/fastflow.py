@@ -24,8 +24,36 @@ Method, as in the paper's Section 3 and MIAD appendix A.2.3:
    of each heatmap", MIAD A.2.3); image score = max of the map (Anomalib's and the reference
    re-implementation's rule).
 
-Paper profile: wide_resnet50_2; the lighter ResNet-18 option is ``--set backbone=resnet18``
-(with ``conv3x3_only=true`` to match Anomalib's ResNet-18 setting).
+Pretrained weights (exact timm tags; facts from the reference code and timm's history):
+
+* ``wide_resnet50_2.racm_in1k`` (``paper``, ``miad``). The MIAD appendix says only
+  "Wide-ResNet50-2 ... initialized from Imagenet pre-trained weights". The reference
+  re-implementation the paper's numbers are reproduced with (github.com/gathierry/FastFlow,
+  commit 2cf1f2f, ``fastflow.py``) calls ``timm.create_model("wide_resnet50_2",
+  pretrained=True, features_only=True, out_indices=[1, 2, 3])`` and its ``requirements.txt``
+  pins ``timm==0.5.4``. In timm 0.5.4 (``timm/models/resnet.py``) the bare name resolves to
+  ``wide_resnet50_racm-8234f177.pth``, timm's own RandAugment/cosine training (81.5 % top-1),
+  which timm >= 0.9 calls ``wide_resnet50_2.racm_in1k``; it is *not* torchvision's
+  ``tv_in1k`` (78.5 %). Anomalib's FastFlow (added in v0.3.2, same ``timm==0.5.4`` pin,
+  ``anomalib/models/fastflow/torch_model.py``) loads the same file.
+* ``resnet18.tv_in1k`` (``--profile resnet18``, the paper's lighter option): in timm 0.5.4 the
+  bare ``resnet18`` was torchvision's ``resnet18-5c106cde.pth`` (timm 1.0.12+ serves the same
+  weights re-serialised as ``resnet18-f37072fd.pth`` under this tag; today's bare
+  ``resnet18`` is the different ``a1_in1k``). The profile also sets ``conv3x3_only=true``, the
+  reference implementation's ``configs/resnet18.yaml`` (8 flow steps, hidden ratio 1.0,
+  3x3-only subnets, 256 px) and Anomalib's default FastFlow config.
+
+Profiles. ``paper`` = the MIAD appendix A.2.3 recipe above (which is the FastFlow paper's
+setting). ``miad`` is defined explicitly and is identical to ``paper``: the appendix gives
+every value FastFlow needs (WRN50 with the reference implementation's weights, 256 px, first
+three blocks, 8 flow steps, Adam 1e-3, weight decay 1e-5, 500 epochs, batch 32, maps of each
+scale averaged, no augmentation), and where it is silent (hidden ratio 1.0, clamping 2.0,
+alternating 3x3 / 1x1 subnets, trainable layer norm, map rule) ``paper`` already follows the
+reference implementation. ``resnet18``: see above. ``quick``: CPU demo (see ``PROFILES``).
+
+No silent options (``adbench.config.reject_inert``): ``conv3x3_only`` has no effect with fewer than 2
+flow steps (step 0 is 3x3 anyway), so a non-default value there is a ConfigError;
+``hidden_ratio`` must be positive.
 """
 from __future__ import annotations
 
@@ -40,6 +68,7 @@ from adbench.components.feature_cache import epoch_feature_batches, train_on_fea
 from adbench.config import MethodConfig
 from adbench.data import Batch
 from adbench.detector import Detector, Prediction
+from adbench.errors import ConfigError
 from adbench.registry import register_method
 
 
@@ -57,6 +86,19 @@ class FastFlowConfig(MethodConfig):
     # compute the frozen backbone's training features once (adbench.components.feature_cache);
     # same training (no augmentation), far less CPU; off in the paper profile to bound RAM
     cache_features: bool = False
+
+    def __post_init__(self):
+        if self.hidden_ratio <= 0:
+            raise ConfigError(f"--set hidden_ratio={self.hidden_ratio}: must be positive")
+
+    def inert_options(self) -> dict[str, str]:
+        """Options this configuration does not read, with the reason (no silent options;
+        ``resolve_config`` rejects one the user set: ``adbench.config.reject_inert``)."""
+        inert: dict[str, str] = {}
+        if self.flow_steps < 2:
+            inert["conv3x3_only"] = f"flow_steps={self.flow_steps} has no 1x1 step to replace"
+        return inert
+
 
 
 class _Subnet(nn.Module):
@@ -118,6 +160,10 @@ class FastFlow(Detector):
     Config = FastFlowConfig
     PROFILES = {
         "paper": {},
+        # MIAD appendix A.2.3 = the paper profile (module docstring: nothing differs)
+        "miad": {},
+        # the paper's lighter option, as the reference implementation's configs/resnet18.yaml
+        "resnet18": {"backbone": "resnet18.tv_in1k", "conv3x3_only": True},
         # lite0 features (cached), 8 flow steps as in the paper, 10 epochs. Measured on the
         # shared 2-core CPU (one torch thread, load 17-34): MVTec bottle job 7.1 min (fit
         # 364 s); magnetic_tile ~33 min under load ~30 (over its 20-min budget there: the CPU

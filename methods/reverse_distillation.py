@@ -1,7 +1,8 @@
 """Reverse Distillation (Deng & Li, "Anomaly Detection via Reverse Distillation from One-Class
 Embedding", CVPR 2022).
 
-Method, as in the paper's Section 3 and the official code (github.com/hq-deng/RD4AD):
+Method, as in the paper's Section 3 and the official code (github.com/hq-deng/RD4AD, commit
+65540768):
 
 1. Teacher E: a frozen ImageNet CNN; its feature maps of layers 1-3 (strides 4, 8, 16 for
    wide_resnet50_2) are the distillation targets.
@@ -16,27 +17,69 @@ Method, as in the paper's Section 3 and the official code (github.com/hq-deng/RD
    layer. Official WRN50 decoder: 3, 4, 6 blocks for the 1024-, 512-, 256-channel stages.
    Here the decoder and OCBE are built from the teacher's ``.channels`` and ``.strides``, so any
    timm backbone can be the teacher (tf_efficientnet_lite0 in the ``quick`` profile).
-4. Loss (official code's ``loss_function``): per layer, 1 - cosine similarity between the
-   *flattened* teacher and student maps of each sample, averaged over the batch, summed over
-   layers. (The paper's Eq. 2 averages a per-pixel cosine; the official code and the MIAD
-   benchmark's Anomalib run use the flattened form for training.)
-5. Anomaly map (official ``cal_anomaly_map``, paper Eq. 3): per layer 1 - cos along channels
-   at each position, bilinearly upsampled to the input size and summed over layers; Gaussian
-   blur sigma 4. Image score: maximum of the map (official evaluation).
+4. Loss (``loss=flattened``, the official ``main.py`` ``loss_function``): per layer, 1 - cosine
+   similarity between the *flattened* teacher and student maps of each sample, averaged over
+   the batch, summed over layers. ``loss=per_pixel`` is the paper's Eq. 2 and anomalib's
+   (``anomalib/models/reverse_distillation/loss.py``, v0.3.2-v0.3.7): 1 - cosine along the
+   channels at each position, averaged over positions and batch, summed over layers.
+5. Anomaly map (official ``test.py`` ``cal_anomaly_map(amap_mode='a')``, paper Eq. 3): per
+   layer 1 - cos along channels at each position, bilinearly upsampled (align_corners=True) to
+   the input size and summed over layers (``map_mode=add``); ``map_mode=multiply`` takes the
+   product instead (anomalib's default, ``anomaly_map.py``: ones, then ``*=`` per layer).
+   Gaussian blur sigma 4 (kernel 33, reflect border; scipy ``gaussian_filter(sigma=4)`` in the
+   official code, kornia ``gaussian_blur2d((33, 33), (4, 4))`` in anomalib). Image score:
+   maximum of the map (both).
 
-Training settings. MIAD appendix A.2.1: 256x256 resize, no augmentation, WRN50 teacher, Adam lr
-0.005, betas (0.5, 0.999), batch 32 (official code: batch 16), other values as Anomalib's default
-(200 epochs, as in the official code). The teacher stays in eval mode; OCBE and decoder train
-with batch-norm in training mode (official ``bn.train(); decoder.train()``).
+Initialisation (official ``resnet.py`` ``BN_layer.__init__`` and ``de_resnet.py``
+``ResNet.__init__``): every module that ``isinstance(m, nn.Conv2d)`` gets
+``kaiming_normal_(mode='fan_out', nonlinearity='relu')`` (std sqrt(2 / fan_out), fan_out =
+out_channels x kernel area), batch-norm weight 1 and bias 0. ``nn.ConvTranspose2d`` is not a
+subclass of ``nn.Conv2d``, so the official loops leave the decoder's 2x2 deconvolutions (the
+upsampling conv of each first decoder block and its shortcut) at PyTorch's default
+(kaiming_uniform, a = sqrt(5)). This implementation does exactly what the official code
+effectively does: Kaiming-normal for every ``Conv2d`` of the bottleneck (fusion convs included)
+and the decoder, PyTorch's default for every ``ConvTranspose2d``. anomalib 0.3.x
+(``components/bottleneck.py``, ``components/de_resnet.py``) has the same loops.
+
+``paper`` profile. MIAD appendix A.2.1: 256x256 resize, no augmentation, WRN50 teacher, Adam
+lr 0.005, betas (0.5, 0.999), batch 32 (official code: batch 16), other values as Anomalib's
+default (200 epochs, as in the official code); the official code's architecture, loss and map,
+torchvision's weights (``wide_resnet50_2.tv_in1k``: the official ``model_urls``). The teacher
+stays in eval mode; OCBE and decoder train with batch-norm in training mode (official
+``bn.train(); decoder.train()``).
+
+``miad`` profile: what the MIAD benchmark actually ran (appendix A.2.1: "the publicly
+available code in Anomalib", the values above, "the other parameters not mentioned are
+consistent with the default configuration in Anomalib"), with anomalib v0.3.7 (commit
+2f0a87cf, the last 0.3.x; ``anomalib/models/reverse_distillation/config.yaml``,
+``torch_model.py``, ``loss.py``, ``anomaly_map.py``, ``components/bottleneck.py``):
+
+* teacher ``wide_resnet50_2.racm_in1k``: v0.3.6-v0.3.7 build it with
+  ``timm.create_model("wide_resnet50_2", pretrained=True, features_only=True, ...)`` under
+  their pinned ``timm==0.5.4``, whose bare name downloads ``wide_resnet50_racm-8234f177.pth``
+  (timm v0.5.4 ``timm/models/resnet.py`` l.88-90), timm >= 0.9's ``racm_in1k``. v0.3.2-v0.3.5
+  load torchvision's V1 weights instead: ``--set backbone=wide_resnet50_2.tv_in1k``;
+* layers 1-3, 256 px, batch 32, 200 epochs (``max_epochs: 200``), Adam lr 0.005, beta1 0.5
+  and the appendix's beta2 0.999 (anomalib's config says 0.99; the appendix states 0.999);
+* ``loss=per_pixel``, ``map_mode=multiply`` (anomalib's ``anomaly_map_mode: multiply``),
+  Gaussian sigma 4;
+* OCE blocks of inner width a quarter of their output (``oce_inner_ratio=0.25``): anomalib's
+  ``OCBE`` builds torchvision ``Bottleneck`` blocks with the default ``width_per_group=64``
+  (512 inside a 2048-channel block), where the official ``BN_layer`` gets
+  ``width_per_group=128`` (1024 inside, ratio 0.5). Both decoders use 128 (ratio 0.5).
+* Not reproduced: anomalib's run stopped early on the *test* set's pixel AUROC (config
+  ``early_stopping: {metric: pixel_AUROC, patience: 3}``, validated every 2 epochs); no method
+  here early-stops or picks checkpoints on test data, so the full 200 epochs are run.
 
 Widths of the residual blocks: a wide bottleneck block's inner width is half its output
-(wide_resnet50_2: 1024 inside a 2048-channel block), used for every teacher here.
+(wide_resnet50_2: 1024 inside a 2048-channel block), used for every teacher here; the OCE's
+ratio is ``oce_inner_ratio``.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Literal, Sequence
 
 import torch
 import torch.nn as nn
@@ -63,10 +106,20 @@ class ReverseDistillationConfig(MethodConfig):
     # deepest stage first (official de_wide_resnet50_2: 3, 4, 6)
     oce_blocks: int = 3
     decoder_blocks: tuple[int, ...] = (3, 4, 6)
+    # inner (1x1 -> 3x3) width of the OCE's residual blocks relative to their output:
+    # official 0.5 (width_per_group 128), anomalib 0.25 (width_per_group 64)
+    oce_inner_ratio: float = 0.5
+    loss: Literal["flattened", "per_pixel"] = "flattened"  # official main.py / paper Eq. 2, anomalib
+    map_mode: Literal["add", "multiply"] = "add"  # official test.py / anomalib
     blur_sigma: float = 4.0
     # compute the frozen teacher's training features once (adbench.components.feature_cache);
     # same training (no augmentation), far less CPU; off in the paper profile to bound RAM
     cache_features: bool = False
+
+    def __post_init__(self) -> None:
+        # every field is read in every configuration: no inert options (issue 13) to reject
+        if not 0 < self.oce_inner_ratio <= 1:
+            raise ConfigError(f"--set oce_inner_ratio={self.oce_inner_ratio}: must be in (0, 1]")
 
 
 # ------------------------------------------------------------------------------------------
@@ -85,9 +138,9 @@ class ResidualBlock(nn.Module):
     decoder block: the 3x3 becomes a ``up x up`` transposed conv with stride ``up`` and the
     shortcut upsamples the same way. ``down > 1``: strided 3x3 and a strided 1x1 shortcut."""
 
-    def __init__(self, cin: int, cout: int, *, down: int = 1, up: int = 1):
+    def __init__(self, cin: int, cout: int, *, down: int = 1, up: int = 1, inner_ratio: float = 0.5):
         super().__init__()
-        mid = max(cout // 2, 8)
+        mid = max(int(cout * inner_ratio), 8)
         self.conv1 = nn.Conv2d(cin, mid, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(mid)
         if up > 1:
@@ -124,7 +177,7 @@ class OneClassBottleneck(nn.Module):
     """OCBE: multi-scale feature fusion to the deepest teacher resolution, then residual blocks
     (the first with stride 2) producing the one-class embedding (2x the deepest channels)."""
 
-    def __init__(self, channels: Sequence[int], strides: Sequence[int], blocks: int):
+    def __init__(self, channels: Sequence[int], strides: Sequence[int], blocks: int, inner_ratio: float = 0.5):
         super().__init__()
         deepest = len(channels) - 1
         self.fuse = nn.ModuleList()
@@ -139,8 +192,8 @@ class OneClassBottleneck(nn.Module):
             self.fuse.append(nn.Sequential(*steps))
         fused = channels[deepest] * len(channels)
         embed = 2 * channels[deepest]
-        layers = [ResidualBlock(fused, embed, down=2)]
-        layers += [ResidualBlock(embed, embed) for _ in range(max(blocks, 1) - 1)]
+        layers = [ResidualBlock(fused, embed, down=2, inner_ratio=inner_ratio)]
+        layers += [ResidualBlock(embed, embed, inner_ratio=inner_ratio) for _ in range(max(blocks, 1) - 1)]
         self.oce = nn.Sequential(*layers)
         self.out_channels = embed
 
@@ -178,23 +231,54 @@ class StudentDecoder(nn.Module):
         return outs[::-1]
 
 
-def distillation_loss(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Official loss: sum over layers of mean_b (1 - cos(flatten(t_b), flatten(s_b)))."""
+def distillation_loss(
+    teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], mode: str = "flattened"
+) -> torch.Tensor:
+    """Sum over layers of the mean cosine distance between teacher and student maps.
+
+    ``flattened`` (official code): mean_b (1 - cos(flatten(t_b), flatten(s_b))), one cosine per
+    sample over all channels and positions. ``per_pixel`` (paper Eq. 2, anomalib): mean over
+    b, h, w of (1 - cos along channels at (h, w))."""
+    if mode not in ("flattened", "per_pixel"):
+        raise ValueError(f"loss mode must be 'flattened' or 'per_pixel', got {mode!r}")
     loss = teacher[0].new_zeros(())
     for t, s in zip(teacher, student):
-        cos = F.cosine_similarity(t.flatten(1), s.flatten(1), dim=1)
+        if mode == "flattened":
+            cos = F.cosine_similarity(t.flatten(1), s.flatten(1), dim=1)
+        else:
+            cos = F.cosine_similarity(t, s, dim=1)
         loss = loss + (1.0 - cos).mean()
     return loss
 
 
-def anomaly_map(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-    """Sum over layers of per-position (1 - cos along channels), upsampled to ``size``: [B, H, W]."""
+def anomaly_map(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], size: tuple[int, int],
+                mode: str = "add") -> torch.Tensor:
+    """Per-position (1 - cos along channels) of each layer, upsampled to ``size`` (bilinear,
+    align_corners=True), summed (``add``, official) or multiplied (``multiply``, anomalib)
+    over layers: [B, H, W]."""
+    if mode not in ("add", "multiply"):
+        raise ValueError(f"map mode must be 'add' or 'multiply', got {mode!r}")
     total = None
     for t, s in zip(teacher, student):
         m = 1.0 - F.cosine_similarity(t, s, dim=1)
         m = F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=True).squeeze(1)
-        total = m if total is None else total + m
+        if total is None:
+            total = m
+        else:
+            total = total * m if mode == "multiply" else total + m
     return total
+
+
+def official_init(module: nn.Module) -> None:
+    """RD4AD's initialisation loop (``resnet.py`` BN_layer, ``de_resnet.py`` ResNet): every
+    ``nn.Conv2d`` Kaiming-normal (fan_out, relu), batch/group-norm weight 1 and bias 0.
+    ``nn.ConvTranspose2d`` is not an ``nn.Conv2d``: it keeps PyTorch's default, as there."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -217,6 +301,13 @@ class ReverseDistillation(Detector):
             "decoder_blocks": (1, 1, 1),
             "cache_features": True,
         },
+        # MIAD appendix A.2.1 + anomalib v0.3.7 defaults (module docstring)
+        "miad": {
+            "backbone": "wide_resnet50_2.racm_in1k",
+            "oce_inner_ratio": 0.25,
+            "loss": "per_pixel",
+            "map_mode": "multiply",
+        },
     }
     produces_maps = True
     protocols = ("single",)
@@ -225,10 +316,16 @@ class ReverseDistillation(Detector):
         super().__init__(config, context)
         cfg = self.config
         self.teacher = self.pretrained_backbone(cfg.backbone, cfg.layers)
-        self.bottleneck = OneClassBottleneck(self.teacher.channels, self.teacher.strides, cfg.oce_blocks).to(self.device)
+        self.bottleneck = OneClassBottleneck(
+            self.teacher.channels, self.teacher.strides, cfg.oce_blocks, inner_ratio=cfg.oce_inner_ratio
+        )
         self.student = StudentDecoder(
             self.bottleneck.out_channels, self.teacher.channels, self.teacher.strides, cfg.decoder_blocks
-        ).to(self.device)
+        )
+        official_init(self.bottleneck)
+        official_init(self.student)
+        self.bottleneck.to(self.device)
+        self.student.to(self.device)
         self.loss_history: list[float] = []
 
     def _student(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -246,7 +343,7 @@ class ReverseDistillation(Detector):
             seed=self.context.seed, device=self.device,
         )
         self.loss_history += train_on_feature_batches(
-            epochs, lambda feats: distillation_loss(feats, self._student(feats)), optimizer, cfg.epochs,
+            epochs, lambda feats: distillation_loss(feats, self._student(feats), cfg.loss), optimizer, cfg.epochs,
             desc="reverse_distillation", progress=self.context.progress, loss_format=".4f",
         )
         self.bottleneck.eval()
@@ -256,7 +353,7 @@ class ReverseDistillation(Detector):
     def predict(self, batch: Batch) -> Prediction:
         images = batch.images.to(self.device)
         feats = self.teacher(images)
-        maps = anomaly_map(feats, self._student(feats), tuple(images.shape[-2:]))
+        maps = anomaly_map(feats, self._student(feats), tuple(images.shape[-2:]), self.config.map_mode)
         maps = gaussian_blur(maps, self.config.blur_sigma)
         return Prediction(scores=maps.flatten(1).max(dim=1).values, maps=maps)
 

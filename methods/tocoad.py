@@ -5,43 +5,73 @@ stages before a PatchCore memory bank is built on it:
 
 I.  Discriminative network pre-training (DNP, Sec. 3.1): F frozen; an anomaly generator G
     rotates each normal image slightly and by k x 90 degrees and pastes a synthetic anomaly
-    (Perlin mask x texture by default); a discriminative network D that mirrors F (upsample,
-    concatenate, compress to a 2-channel mask at input size) learns to segment it with the
-    focal loss (eq. 2).
+    (Perlin mask x texture by default), every image (eq. 1); a discriminative network D,
+    "an inverse WideResNet50" (Sec. 4.1), learns to segment it from F's maps with the focal
+    loss L_dis (eq. 2; always focal, whatever ``neg_loss`` says).
 II. Negative-guided contrastive learning (NCL, Sec. 3.2): D frozen; F fine-tuned jointly with a
     SimSiam network C on layers 3 and 4 (separate heads, adaptive average pooling, 3-layer
-    projector shared by both branches, 1-layer predictor, stop-gradient on the projector
-    branch), loss ``lambda * L_sym + (1 - lambda) * L_neg`` (eq. 6), L_neg = focal loss of the
-    frozen D on new synthetic anomalies seen through the current F.
+    projector shared by all views, 1-layer predictor, stop-gradient on the projector branch),
+    loss ``L_ncl = lambda * L_sym + (1 - lambda) * L_neg`` (eq. 6). L_sym is eq. 5 exactly:
+    ``2 / (M (M-1)) sum_i sum_{j != i} L_cossim(f^i, f^j)``, which for the paper's M = 2 views
+    is ``D(p1, SG(z2)) + D(p2, SG(z1))`` (twice SimSiam's own loss); with two layers the
+    per-layer L_sym are *averaged* (see ``components/tocoad_networks.py`` for why). L_neg =
+    focal loss (eq. 2) of the frozen D on new synthetic anomalies seen through the current F.
 III. Inference (Sec. 3.3) IS PatchCore on the fine-tuned F: this class subclasses
     ``methods.patchcore.PatchCore`` and only swaps its frozen backbone for F, so the layer-2+3
     aggregation, coreset (10 %), faiss search and map are literally PatchCore's code. The patch
     score is eq. 8-9 applied to *every* patch: with c* the bank entry nearest to patch p and
-    N_b(c*) the b = 9 bank entries nearest to c* (c* included, as PatchCore's official code
-    does), ``s = (1 - exp(s') / sum_{c' in N_b(c*)} exp(|p - c'|)) * s'`` (log-sum-exp); the
+    N_b(c*) the b = 9 bank entries nearest to c* (c* included, as anomalib's implementation
+    of PatchCore's eq. 7 does; the paper does not say), ``s = (1 - exp(s') / sum_{c' in N_b(c*)} exp(|p - c'|)) * s'`` (log-sum-exp); the
     image score is the maximum patch score; the map is PatchCore's (bilinear upsampling of the
-    patch scores, Gaussian sigma 4). ``reweight_per_patch=false`` gives PatchCore's own rule.
+    patch scores, Gaussian sigma 4). ``reweight_per_patch=false`` hands scoring to PatchCore
+    (nearest distance per patch, its ``reweight`` / ``num_neighbors`` options).
 
-Switches (the paper's ablations, Tables 4-9): ``stages`` none / ncl / both (none = PatchCore
-on the ImageNet F, identical scores with the same settings; ncl = NCL without a pre-trained D,
-i.e. L_sym only, "trained with only normal augmented samples"); ``generator`` perlin /
-cutpaste / nsa; ``lam``; ``neg_loss`` focal / ce; ``contrastive_layers`` (4 / 2,3 / 3,4 /
-2,3,4 ...); ``contrastive_concat``; ``contrastive`` simsiam / byol (EMA target of F and the
-projector, momentum ``byol_ema``).
+Switches, one per ablation row of the paper (each reachable with ``--set``):
+* Table 5 ``stages``: ``none`` (no DNP, no NCL: the ImageNet F, PatchCore's bank and code;
+  scores are eq. 8-9's by default, since the ablation removes the training, not the scoring;
+  with ``reweight_per_patch=false`` they are exactly ``methods.patchcore.PatchCore``'s with
+  the same settings, scores and maps, which tests/test_tocoad.py asserts, also with PatchCore's
+  ``reweight=true``), ``ncl`` (NCL without D, i.e. L_sym only, "trained with only normal
+  augmented samples"; no D is built), ``both`` (default).
+* Table 4 ``contrastive_layers``: 4 / 2,3 / 2,4 / 2,3,4 / 3,4 (default).
+* Table 6 ``lam`` x ``neg_loss``: every row is ``--set generator=cutpaste --set lam=L --set
+  neg_loss=focal|ce`` with L in 0.1, 0.2, 0.5, 0.8, 0.9 (the paper ran its ablations with
+  CutPaste); ``neg_loss`` changes L_neg only (CE = focal with gamma 0), never stage I's L_dis. ``lam`` must lie in [0, 1) with stages=both (1 would train D for
+  nothing: that is stages=ncl).
+* Table 7 ``generator``: ``cutpaste`` / ``nsa`` / ``perlin`` (default).
+* Table 8 ``contrastive_concat``; Table 9 ``contrastive``: simsiam / byol (EMA target of F and
+  the projector, momentum ``byol_ema``).
+
+No silent options: an option set away from its dataclass default where it has no effect in
+the chosen configuration (``lam`` with stages=ncl, ``anomaly_source`` with a non-Perlin
+generator, ``byol_ema`` without byol, PatchCore's ``reweight`` / ``num_neighbors`` under eq.
+8-9 ...) is a one-line ConfigError naming it, raised when the config is built, before any job
+(``inert_rules`` lists every rule; ``adbench.config.reject_inert`` applies them). The
+reference is the dataclass default, not the profile: ``--profile quick --set stages=ncl`` is an
+error naming quick's D settings (``profile quick: key dnp_epochs=2 has no effect ...``).
 
 Where each value comes from:
-* Paper Sec. 4.1: wide_resnet50_2 ImageNet; D = "inverse WideResNet50" with 2 output channels;
-  coreset 0.1; DNP Adam 1e-4 x0.2 "from 80 epochs to 90 epochs" (read as milestones 80 and
-  90), 100 epochs; NCL SGD momentum 0.9, weight decay 1e-4, cosine annealing, 100 epochs (150
-  on BTAD: ``--set ncl_epochs=150``); batch 16; resize 256, centre crop 224; layers 2+3 for the
-  bank; lambda 0.5 (Table 6); SimSiam on layers 3+4 without concatenation (Tables 4, 8).
+* Paper Sec. 4.1: wide_resnet50_2 ImageNet (timm ``wide_resnet50_2.tv_in1k``, the torchvision
+  weights the official code loads); D = "inverse WideResNet50" with 2 output channels
+  (``dnp_decoder=inverse``, ``components/inverse_resnet.py``: F's residual stages run backwards
+  with transposed-conv up-sampling, concatenation of F's maps and 1x1 compression, 25.8 M
+  parameters for layers 1-3 with WRN50's 3, 4, 6 blocks); coreset 0.1; DNP Adam 1e-4 x0.2
+  "from 80 epochs to 90 epochs" (read as milestones 80 and 90), 100 epochs; NCL SGD momentum
+  0.9, weight decay 1e-4, cosine annealing, 100 epochs (150 on BTAD: ``--set
+  ncl_epochs=150``); batch 16; resize 256, centre crop 224; layers 2+3 for the bank; lambda 0.5
+  (Table 6); SimSiam on layers 3+4 without concatenation (Tables 4, 8); M = 2 views (Sec. 3.2).
+* SimSiam's view recipe (the paper: "the same approach as [40]"; ``components/simsiam_views``):
+  random resized crop scale (0.2, 1), colour jitter 0.4/0.4/0.4/0.1 with p 0.8, grayscale p 0.2,
+  Gaussian blur sigma (0.1, 2) with p 0.5 (kernel 10 % of the side: 23 px at 224), horizontal
+  flip p 0.5; drawn from a generator seeded by the job seed.
 * Not given by the paper, our choices:
   - ``dnp_layers = (1, 2, 3)`` (strides 4, 8, 16): D reads the two bank layers, so L_neg's
     gradient in stage II reaches exactly the features the memory bank uses, plus layer 1 for
     the stride-4 detail a pixel mask needs (the decoder of an inverse ResNet ends there).
     Layer 4 is left out: it is not in the bank, and SimSiam already trains it. Recorded in
-    ``record_extras``; ``--set dnp_layers=...`` changes it.
-  - D's widths: 256 at the deepest input, halved per level up (``dnp_width``).
+    ``record_extras``; ``--set dnp_layers=...`` changes it (then also ``dnp_blocks``).
+  - ``dnp_decoder=light`` (option): the earlier 1.1 M-parameter feature-pyramid decoder,
+    widths from ``dnp_width`` (256 at the deepest input, halved per level up).
   - ``ncl_lr = 0.003``: SimSiam's linear scaling rule, base lr 0.05 x batch 16 / 256 = 0.003125,
     rounded; it is also small enough not to wreck ImageNet features in a fine-tuning run.
   - Projector/predictor width 2048 (SimSiam's); predictor = one Linear (the paper: "1-layer").
@@ -53,16 +83,29 @@ Where each value comes from:
   - Anomaly source: ``--set anomaly_source=DIR`` (DTD in the paper); default procedural
     textures from adbench (recorded), so numbers are not directly comparable with the paper's.
 * Seed 000 extensions (a related augmented-patch method's supplement; all off in ``paper``):
-  ``backbone=convnext_*`` with ``freeze_epochs=20`` (F frozen for the first N NCL epochs, then
-  fine-tuned; the ``convnext`` profile sets layer indices for ConvNeXt, whose feature index i
-  has stride 2**(i+2)); ``generator=patch`` with ``patch_source=same|other`` and
-  ``patch_transform=jitter|pepper``; ``synthetic_ratio`` 1:1 / 1:0 / 1:2 / 2:1.
+  - ``convnext`` profile: backbone ``convnext_tiny.fb_in1k``. Seed 000 says "pre-trained
+    ConvNeXt" of several sizes without naming weights; fb_in1k is the original ConvNeXt
+    ImageNet-1k release (convnext_tiny_1k_224_ema.pth), the same ImageNet-1k pretraining as
+    every other method here (the lead's choice). timm's ConvNeXt feature index i has stride
+    2**(i+2) (its stem is a stride-4 patchify), so the profile shifts every layer index by one
+    to keep the strides of the ResNet defaults: bank (1, 2) = strides 8, 16; D (0, 1, 2) =
+    strides 4, 8, 16 with ``dnp_blocks`` 3, 3, 9 (convnext_tiny's stage depths); contrastive
+    (2, 3) = strides 16, 32. ``freeze_epochs=20``: F frozen for the first 20 NCL epochs (seed
+    000's default), during which C still trains on L_sym; then F is fine-tuned.
+  - ``generator=patch`` with ``patch_source=same|other`` and ``patch_transform=jitter|pepper``;
+    ``generator=cutout`` (seed 000 Sec. 1.4: a box filled with ``cutout_fill``, mask = the box);
+    ``synthetic_ratio`` 1:1 / 1:0 / 1:2 / 2:1.
 
 ``quick`` profile: tf_efficientnet_lite0 (offline ImageNet weights), PatchCore's geometry,
-layers and coreset, D width 64, heads 256-d, batch 8, 2 DNP + 2 NCL epochs of at most 5 steps
-each (a token fine-tuning: 40 synthetic + 80 view images per stage; enough to exercise the
-pipeline on real data on a shared 2-core CPU, far too little to expect the paper's gain).
-Batch 16 in stage II was killed by the out-of-memory killer on the shared 23 GiB machine.
+layers and coreset, the paper's inverse D built on lite0 (blocks 2, 2, 6: lite0's own block
+counts between strides 2-4, 4-8 and 8-16; 0.27 M parameters), heads 256-d, batch 8, 2 DNP + 2
+NCL epochs of at most 5 steps each (a token fine-tuning: 40 synthetic + 80 view images per
+stage; enough to exercise the pipeline on real data on a shared 2-core CPU, far too little to
+expect the paper's gain). The inverse D costs little here, so quick keeps it: measured on the
+shared 2-core CPU at 224 px, batch 8, a stage-I step takes 2.7-4.6 CPU-s against 1.8-2.1 for
+the light D (width 64), and an L_neg forward+backward 5.6-6.2 against 4.9-6.4 CPU-s (F's
+backward dominates), i.e. some 10-20 s over quick's 10 + 10 steps. Batch 16 in stage II was
+killed by the out-of-memory killer on the shared 23 GiB machine.
 """
 from __future__ import annotations
 
@@ -85,30 +128,34 @@ from adbench.methods.patchcore import PatchCore, PatchCoreConfig
 
 @dataclass
 class ToCoADConfig(PatchCoreConfig):
-    # switches of Table 5: none = PatchCore, ncl = NCL only (L_sym), both = DNP + NCL
+    # switches of Table 5: none = no training (PatchCore's bank), ncl = NCL only (L_sym), both
     stages: Literal["none", "ncl", "both"] = "both"
-    reweight_per_patch: bool = True  # eq. 8-9 on every patch (b = reweight_b)
+    reweight_per_patch: bool = True  # eq. 8-9 on every patch (b = reweight_b); false: PatchCore's scoring
     # stage I (DNP)
+    dnp_decoder: Literal["inverse", "light"] = "inverse"  # D: inverse ResNet (Sec. 4.1) or the light decoder
     dnp_layers: tuple[int, ...] = (1, 2, 3)
-    dnp_width: int = 256
+    dnp_blocks: tuple[int, ...] = (3, 4, 6)  # inverse D: blocks per stage, as dnp_layers (WRN50 layers 1-3)
+    dnp_width: int = 256  # light D only
     dnp_epochs: int = 100
     dnp_lr: float = 1e-4
     dnp_milestones: tuple[int, ...] = (80, 90)
     dnp_gamma: float = 0.2
-    generator: Literal["perlin", "cutpaste", "nsa", "patch"] = "perlin"
+    generator: Literal["perlin", "cutpaste", "nsa", "patch", "cutout"] = "perlin"
     anomaly_source: Optional[str] = None
     patch_source: Literal["same", "other"] = "same"
     patch_transform: Literal["jitter", "pepper", "none"] = "jitter"
+    cutout_fill: Literal["grey", "mean", "random"] = "grey"
     synthetic_ratio: str = "1:0"
     rotate_degrees: float = 10.0
     rotate90: bool = True
-    neg_loss: Literal["focal", "ce"] = "focal"
+    neg_loss: Literal["focal", "ce"] = "focal"  # L_neg only (Table 6); L_dis is always focal
     focal_gamma: float = 2.0
     # stage II (NCL)
     ncl_epochs: int = 100
     ncl_lr: float = 0.003
     ncl_momentum: float = 0.9
     ncl_weight_decay: float = 1e-4
+    ncl_views: int = 2  # M of eq. 5
     lam: float = 0.5
     contrastive: Literal["simsiam", "byol"] = "simsiam"
     contrastive_layers: tuple[int, ...] = (3, 4)
@@ -117,6 +164,84 @@ class ToCoADConfig(PatchCoreConfig):
     byol_ema: float = 0.996
     freeze_epochs: int = 0
     steps_per_epoch: Optional[int] = None  # cap per epoch (quick budgets); None = whole set
+
+    def __post_init__(self) -> None:
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:  # PatchCore's own checks, where it has them
+            parent()
+        check_config(self)
+
+    def inert_options(self) -> dict[str, str]:
+        """PatchCore's rules for the memory bank, then ToCoAD's own (``inert_rules``)."""
+        out = super().inert_options()
+        for name, inert, why in inert_rules(self):
+            if inert:
+                out[name] = why
+            elif name in out and name.startswith("reweight"):
+                del out[name]  # ToCoAD's per-patch rule reads it
+        return out
+
+
+# option groups for the no-silent-options rules
+_GENERATOR = ("generator", "anomaly_source", "patch_source", "patch_transform", "cutout_fill", "synthetic_ratio",
+              "rotate_degrees", "rotate90")
+_DNP = ("dnp_decoder", "dnp_layers", "dnp_blocks", "dnp_width", "dnp_epochs", "dnp_lr", "dnp_milestones",
+        "dnp_gamma", "focal_gamma", "neg_loss", "lam")
+_CONTRASTIVE = ("contrastive", "contrastive_layers", "contrastive_concat", "proj_dim", "byol_ema", "ncl_views")
+_NCL = ("ncl_epochs", "ncl_lr", "ncl_momentum", "ncl_weight_decay", "freeze_epochs", "steps_per_epoch")
+
+
+def inert_rules(cfg: ToCoADConfig) -> list[tuple[str, bool, str]]:
+    """``(option, has no effect here, why)`` for every ToCoAD option that some configuration
+    ignores; ``ToCoADConfig.inert_options`` collects the inert ones and ``resolve_config`` turns
+    one the user set into a ConfigError (``adbench.config.reject_inert``)."""
+    rules: list[tuple[str, bool, str]] = []
+
+    def add(names, inert: bool, why: str) -> None:
+        rules.extend((name, bool(inert), why) for name in names)
+
+    gen = cfg.generator
+    if cfg.stages == "none":
+        add(_NCL + _CONTRASTIVE + _DNP + _GENERATOR, True,
+            "with stages=none (no training: the ImageNet extractor and PatchCore's bank)")
+    if cfg.stages == "ncl":
+        add(_DNP + _GENERATOR, True, "with stages=ncl (NCL without a discriminative network: L_sym only)")
+    add(_CONTRASTIVE, cfg.stages == "both" and cfg.lam == 0, "with lam=0 (L_sym has no weight in eq. 6)")
+    add(("anomaly_source",), gen != "perlin", f"with generator={gen} (only perlin fills its mask from a texture)")
+    add(("patch_source", "patch_transform"), gen != "patch", f"with generator={gen} (they belong to generator=patch)")
+    add(("cutout_fill",), gen != "cutout", f"with generator={gen} (it belongs to generator=cutout)")
+    add(("byol_ema",), cfg.contrastive != "byol", f"with contrastive={cfg.contrastive} (no EMA target)")
+    add(("contrastive_concat",), len(set(cfg.contrastive_layers)) < 2, "with a single contrastive layer")
+    decays = [m for m in cfg.dnp_milestones if 0 < int(m) < cfg.dnp_epochs]
+    add(("dnp_milestones", "dnp_gamma"), not decays,
+        f"with dnp_epochs={cfg.dnp_epochs} (no milestone falls inside stage I: the learning rate never decays)")
+    add(("dnp_width",), cfg.dnp_decoder != "light", "with dnp_decoder=inverse (its widths are F's channels)")
+    add(("dnp_blocks",), cfg.dnp_decoder != "inverse", "with dnp_decoder=light (no residual stages)")
+    add(("reweight", "num_neighbors", "reweight_rule", "map_upsample"), cfg.reweight_per_patch,
+        "with reweight_per_patch=true (ToCoAD scores every patch with eq. 8-9, k = 1, bilinear map)")
+    add(("reweight_b",), not cfg.reweight_per_patch and not cfg.reweight,
+        "with reweight_per_patch=false and reweight=false (no re-weighting)")
+    return rules
+
+
+def check_config(cfg: ToCoADConfig) -> None:
+    """Value checks, run when the config is built, so a bad combination stops the run before
+    any job starts (the no-silent-options rules are ``inert_rules``)."""
+    parse_ratio(cfg.synthetic_ratio)
+    if not 0.0 <= cfg.lam <= 1.0:
+        raise ConfigError(f"--set lam={cfg.lam}: must be in [0, 1]")
+    if cfg.stages == "both" and cfg.lam == 1.0:
+        raise ConfigError("--set lam=1.0: with stages=both L_neg gets no weight and D is trained for nothing; "
+                          "use stages=ncl (Table 5's NCL-only row)")
+    if cfg.reweight_b < 1:
+        raise ConfigError(f"--set reweight_b={cfg.reweight_b}: must be >= 1")
+    if cfg.ncl_views < 2:
+        raise ConfigError(f"--set ncl_views={cfg.ncl_views}: eq. 5 needs M >= 2 views")
+    if cfg.freeze_epochs < 0:
+        raise ConfigError(f"--set freeze_epochs={cfg.freeze_epochs}: must be >= 0")
+    if cfg.stages == "both" and cfg.dnp_decoder == "inverse" and len(cfg.dnp_blocks) != len(set(cfg.dnp_layers)):
+        raise ConfigError(f"--set dnp_blocks={','.join(map(str, cfg.dnp_blocks))}: needs one block count per "
+                          f"dnp_layers entry ({','.join(map(str, cfg.dnp_layers))})")
 
 
 class _PickLayers(nn.Module):
@@ -143,11 +268,10 @@ class ToCoAD(PatchCore):
         "paper": {},
         "quick": {
             "backbone": "tf_efficientnet_lite0.in1k",
-            "dnp_width": 64,
+            "dnp_blocks": (2, 2, 6),  # lite0's blocks between strides 2-4, 4-8, 8-16
             "proj_dim": 256,
             "batch_size": 8,
             "dnp_epochs": 2,
-            "dnp_milestones": (2,),
             "ncl_epochs": 2,
             "steps_per_epoch": 5,
         },
@@ -155,6 +279,7 @@ class ToCoAD(PatchCore):
             "backbone": "convnext_tiny.fb_in1k",
             "layers": (1, 2),
             "dnp_layers": (0, 1, 2),
+            "dnp_blocks": (3, 3, 9),
             "contrastive_layers": (2, 3),
             "freeze_epochs": 20,
         },
@@ -165,11 +290,6 @@ class ToCoAD(PatchCore):
     def __init__(self, config: ToCoADConfig, context=None):
         super().__init__(config, context)  # PatchCore: validation, aggregator, bank fields
         cfg = self.config
-        parse_ratio(cfg.synthetic_ratio)
-        if not 0.0 <= cfg.lam <= 1.0:
-            raise ConfigError(f"--set lam={cfg.lam}: must be in [0, 1]")
-        if cfg.reweight_b < 1:
-            raise ConfigError(f"--set reweight_b={cfg.reweight_b}: must be >= 1")
         self.trainer = None
         if cfg.stages != "none":
             self.trainer = ToCoADTrainer(
@@ -245,7 +365,7 @@ class ToCoAD(PatchCore):
         """F (through the backbone wrapper) plus the training-only networks D and C."""
         total = super().num_parameters()
         if self.trainer is not None:
-            total += sum(p.numel() for m in (self.trainer.D, self.trainer.C) for p in m.parameters())
+            total += sum(p.numel() for m in (self.trainer.D, self.trainer.C) if m is not None for p in m.parameters())
         return total
 
     def record_extras(self) -> dict:
@@ -256,8 +376,14 @@ class ToCoAD(PatchCore):
             "dnp_layers": list(cfg.dnp_layers),
             "contrastive_layers": list(cfg.contrastive_layers),
             "generator": cfg.generator,
-            "anomaly_source": (self.trainer.G.texture.description if self.trainer is not None else None),
-            "scoring": "eq8-9 per patch, b=%d" % cfg.reweight_b if cfg.reweight_per_patch else "patchcore",
+            "dnp_decoder": cfg.dnp_decoder if cfg.stages == "both" else None,
+            "d_parameters": (sum(p.numel() for p in self.trainer.D.parameters())
+                             if self.trainer is not None and self.trainer.D is not None else None),
+            "l_sym": f"eq. 5, M={cfg.ncl_views}, mean over {len(cfg.contrastive_layers)} layer head(s)",
+            "anomaly_source": (self.trainer.G.texture.description
+                               if cfg.stages == "both" and cfg.generator == "perlin" else None),
+            "scoring": (f"eq8-9 per patch, b={cfg.reweight_b}" if cfg.reweight_per_patch
+                        else f"patchcore (reweight={cfg.reweight}, num_neighbors={cfg.num_neighbors})"),
             "ncl_lr_choice": "SimSiam linear scaling 0.05*16/256",
         })
         if self.trainer is not None:
@@ -265,5 +391,6 @@ class ToCoAD(PatchCore):
             h = self.trainer.history
             out["dnp_epoch_s"] = [round(v, 1) for v in h["dnp_epoch_s"]]
             out["ncl_epoch_s"] = [round(v, 1) for v in h["ncl_epoch_s"]]
+            out["ncl_extractor_trained_epochs"] = int(sum(h["ncl_extractor_trained"]))
         out.update(self.train_facts)
         return out

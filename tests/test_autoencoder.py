@@ -70,6 +70,7 @@ def test_registered_with_paper_values():
     paper = resolve_config(cls.Config, cls.PROFILES, "paper")
     assert (paper.image_size, paper.batch_size, paper.epochs, paper.lr, paper.weight_decay) == (256, 16, 100, 1e-4, 5e-4)
     assert paper.loss == "l2" and paper.skip_min_stride == 16
+    assert paper.map_sigma == 0.0  # no source smooths the residual map
     assert make("paper").model.skip_levels == [4]  # only the 16x16 stage of 256 px feeds the decoder
 
 
@@ -111,3 +112,35 @@ def test_ssim_option_gives_ssim_residual_maps():
     scores, maps = det.predict(as_batches(test)[0]).numpy()
     assert maps.shape == (4, 32, 32) and np.isfinite(scores).all()
     assert det.record_extras()["skip_connections"] == "strides [4]"
+
+
+def test_no_blur_by_default_and_blur_option_changes_only_the_map():
+    """Untrained tiny model: without blur (paper, quick) the returned map is the raw
+    per-pixel squared error; ``map_sigma`` blurs that same map (and the score is its max)."""
+    from adbench.components.blur import gaussian_blur
+
+    _, test, _, _ = noisy_smooth_category(1, 4)
+    batch = as_batches(test)[0]
+    shape = dict(image_size=32, base_width=4, max_width=16, depth=3)
+    assert make("quick").config.map_sigma == 0.0
+    torch.manual_seed(0)
+    plain = make(**shape)
+    torch.manual_seed(0)
+    blurred = make(**shape, map_sigma=2.0)
+    raw = ((plain.reconstruct(test) - test) ** 2).mean(1)
+    assert torch.equal(((blurred.reconstruct(test) - test) ** 2).mean(1), raw)  # same model
+    pred = plain.predict(batch)
+    assert torch.equal(pred.maps, raw) and torch.equal(pred.scores, raw.flatten(1).amax(1))
+    pred = blurred.predict(batch)
+    smooth = gaussian_blur(raw, 2.0)
+    assert torch.equal(pred.maps, smooth) and not torch.allclose(smooth, raw)
+    assert torch.equal(pred.scores, smooth.flatten(1).amax(1))
+
+
+def test_negative_blur_is_an_error():
+    from adbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--set map_sigma=-1.0: must be >= 0"):
+        make(map_sigma=-1)
+    for profile in METHODS.get("autoencoder").PROFILES:
+        make(profile)

@@ -27,6 +27,7 @@ GENERATORS = {
     "cutpaste_other_image": lambda x, g: S.cutpaste(x, g, source=OTHER),
     "cutpaste_scar": lambda x, g: S.cutpaste_scar(x, g),
     "scar_cutout": lambda x, g: S.scar_cutout(x, g),
+    "confetti": lambda x, g: S.confetti(x, g),
     "cutmix": lambda x, g: S.cutmix(x, OTHER, g),
     "nsa": lambda x, g: S.nsa_patch(x, g, source=OTHER),
     "nsa_mixed": lambda x, g: S.nsa_patch(x, g, source=OTHER, mode="mixed"),
@@ -147,7 +148,8 @@ def test_texture_source(tmp_path):
         S.TextureSource(tmp_path / "empty")
 
 
-@pytest.mark.parametrize("mode,classes", [("3way", 3), ("binary", 2), ("scar", 2), ("union", 2)])
+@pytest.mark.parametrize("mode,classes", [("3way", 3), ("binary", 2), ("scar", 2), ("union", 2), ("rotation", 4),
+                                          ("cutout", 2), ("scar_cutout", 2), ("confetti", 2)])
 def test_cutpaste_sampler(mode, classes):
     images = torch.stack([_image(s, 48) for s in range(4)])
     sampler = S.CutPasteSampler(mode)
@@ -157,6 +159,98 @@ def test_cutpaste_sampler(mode, classes):
     assert labels.tolist() == sum(([k] * 4 for k in range(classes)), [])
     assert torch.equal(out[:4], images)
     assert not any(torch.equal(out[4 + i], images[i]) for i in range(4))
+
+
+def test_cutout_fills_change_only_the_colour():
+    """CutPaste table 4: grey (0.5), the image's mean colour, a random colour; same box per seed."""
+    image = _image()
+    for seed in range(5):
+        boxes, colours = [], {}
+        for fill in ("grey", "mean", "random"):
+            out, mask = S.cutout(image, np.random.default_rng(seed), fill=fill)
+            boxes.append(mask)
+            inside = out[:, mask]
+            assert torch.equal(inside, inside[:, :1].expand_as(inside)), "a cutout is one flat colour"
+            colours[fill] = inside[:, 0]
+        assert all(torch.equal(boxes[0], b) for b in boxes), "the fill must not change the box"
+        torch.testing.assert_close(colours["grey"], torch.full((3,), 0.5))
+        torch.testing.assert_close(colours["mean"], image.mean(dim=(1, 2)))
+    randoms = set()
+    for seed in range(4):
+        out, mask = S.cutout(image, np.random.default_rng(seed), fill="random")
+        randoms.add(tuple(out[:, mask][:, 0].tolist()))
+    assert len(randoms) == 4, "a random colour per draw"
+    with pytest.raises(ValueError):
+        S.cutout(image, np.random.default_rng(0), fill="pink")
+
+
+def test_scar_cutout_is_one_random_colour_in_a_scar_shape():
+    """Table 1 "Scar" (ref. [16]): CutPaste-Scar's shape, filled with one random colour."""
+    image = _image(size=128)
+    for seed in range(5):
+        out, mask = S.scar_cutout(image, np.random.default_rng(seed), rotation=(0.0, 0.0))
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        h, w = int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+        assert 2 <= w <= 16 and 10 <= h <= 25 and h * w == int(mask.sum())
+        inside = out[:, mask]
+        assert float((inside - inside[:, :1]).abs().max()) < 1e-5
+
+
+def test_confetti_adds_smooth_colour_blobs():
+    """FCDD's confetti: a smoothed blob field added to the image (subtracted on a white image)."""
+    grey = torch.full((3, 96, 96), 0.4)
+    for seed in range(4):
+        out, mask = S.confetti(grey, np.random.default_rng(seed))
+        change = out - grey
+        assert float(change.min()) >= 0.0 and float(change.max()) > 0.3  # added, visible blobs
+        assert bool((change.amax(0)[mask] >= 1.0 / 255 - 1e-6).all())  # the mask is where it shows
+        # smooth: neighbouring pixels differ far less than the blob amplitude (sigma-5 blur)
+        assert float(change.diff(dim=-1).abs().max()) < 0.25 * float(change.max())
+    colourful = [S.confetti(grey, np.random.default_rng(s))[0] for s in range(4)]
+    assert any(float((c[0] - c[1]).abs().max()) > 0.05 for c in colourful), "coloured blobs differ per channel"
+    white = torch.ones(3, 64, 64)
+    out, mask = S.confetti(white, np.random.default_rng(0))
+    assert mask.any() and float((out - white).max()) <= 0.0 and float((out - white).min()) < -0.1
+
+
+def test_rotation_versions():
+    image = _image(size=32)
+    for k in range(4):
+        assert torch.equal(S.rotate(image, k), torch.rot90(image, k, dims=(1, 2)))
+    assert torch.equal(S.rotate(image, 4), image)
+    with pytest.raises(ValueError):
+        S.rotate(torch.zeros(3, 32, 40), 1)
+    images = torch.stack([_image(s, 32) for s in range(3)])
+    out, labels = S.CutPasteSampler("rotation")(images, np.random.default_rng(0))
+    assert labels.tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+    for k in range(4):
+        assert torch.equal(out[3 * k : 3 * k + 3], torch.rot90(images, k, dims=(2, 3)))
+
+
+def test_sampler_keeps_the_random_stream_of_existing_modes():
+    """New modes must not change what 3way draws: all CutPastes first, then all scars."""
+    images = torch.stack([_image(s, 48) for s in range(3)])
+    out, _ = S.CutPasteSampler("3way")(images, np.random.default_rng(5))
+    rng = np.random.default_rng(5)
+    patches = [S.cutpaste(x, rng)[0] for x in images]
+    scars = [S.cutpaste_scar(x, rng)[0] for x in images]
+    assert torch.equal(out, torch.cat([images, torch.stack(patches), torch.stack(scars)]))
+
+
+def test_gde_l2_normalize():
+    """DROC's GDE: unit-norm features, so scores ignore each vector's scale; default unchanged."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 12, generator=gen) + 3.0
+    z = torch.randn(6, 12, generator=gen) + 3.0
+    plain, l2 = GaussianDensity().fit(x), GaussianDensity(l2_normalize=True).fit(x)
+    assert not torch.allclose(plain.score(z), l2.score(z))
+    scale_x = torch.rand(40, 1, generator=gen) * 10 + 0.1
+    scale_z = torch.rand(6, 1, generator=gen) * 10 + 0.1
+    torch.testing.assert_close(GaussianDensity(l2_normalize=True).fit(x * scale_x).score(z * scale_z), l2.score(z),
+                               rtol=1e-4, atol=1e-4)
+    unit = GaussianDensity().fit(x / x.norm(dim=1, keepdim=True))
+    torch.testing.assert_close(unit.score(z / z.norm(dim=1, keepdim=True)), l2.score(z), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(plain.score(2 * z), plain.score(z))  # the plain GDE is not scale invariant
 
 
 def test_gde_matches_sklearn_ledoit_wolf():

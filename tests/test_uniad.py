@@ -205,3 +205,63 @@ def test_unified_protocol_trains_one_model_and_reports_each_category(tmp_path, s
         assert sorted(record["record_extras"]["train_categories"]) == ["diagonal", "stripes"]
         assert record["n_train_images"] == 20
         assert record["metrics"]["image_auroc"] >= 0.75 and record["metrics"]["pixel_auroc"] is not None
+
+
+# --- map smoothing and silent options ----------------------------------------------------------
+@pytest.fixture()
+def one_thread():
+    """One torch thread: on the shared CPU two threads' OpenMP barriers make these tiny
+    forward passes ~50x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_no_map_blur_by_default_and_blur_option_changes_only_the_map(one_thread):
+    """Untrained tiny model: the returned map is the official one (L2 residual of the features,
+    bilinearly upsampled, no smoothing); ``blur_sigma`` smooths that map and leaves the image
+    scores (computed on the unsmoothed map) unchanged."""
+    import torch.nn.functional as F
+
+    from adbench.components.blur import gaussian_blur
+    from adbench.data import Batch
+
+    cls = METHODS.get("uniad")
+    assert resolve_config(cls.Config, cls.PROFILES, "quick").blur_sigma == 0.0
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    batch = Batch(images, torch.zeros(3, dtype=torch.long), [""] * 3, ["x"] * 3, ["good"] * 3)
+    plain = make_detector({"image_size": 64})
+    blurred = make_detector({"image_size": 64, "blur_sigma": 4.0})
+    pred = plain.predict(batch)  # puts the model in eval mode (no jitter, no dropout)
+    with torch.no_grad():
+        feats = plain.features(images)
+        residual = torch.sqrt(((plain.model(feats) - feats) ** 2).sum(dim=1, keepdim=True))
+        raw = F.interpolate(residual, size=(64, 64), mode="bilinear", align_corners=True)[:, 0]
+    assert torch.equal(pred.maps, raw)
+    other = blurred.predict(batch)
+    assert torch.equal(other.maps, gaussian_blur(raw, 4.0)) and not torch.allclose(other.maps, raw)
+    assert torch.equal(other.scores, pred.scores)
+
+
+def test_inert_or_invalid_options_are_errors_naming_the_option():
+    cls = METHODS.get("uniad")
+
+    def resolve(**overrides):
+        return resolve_config(cls.Config, cls.PROFILES, "paper", overrides, method="uniad")
+
+    resolve(epochs=100)  # the default step (400) then never fires: fine, nothing was asked
+    resolve(epochs=1000, lr_step_epoch=800)  # the official schedule
+    cases = [
+        (dict(epochs=100, lr_gamma=0.5), "--set lr_gamma=0.5 has no effect: training ends (epochs=100)"),
+        (dict(epochs=10, lr_step_epoch=10), "--set lr_step_epoch=10 has no effect"),
+        (dict(lr_gamma=1, lr_step_epoch=300), "--set lr_step_epoch=300 has no effect: lr_gamma=1"),
+        (dict(lr_step_epoch=0), "--set lr_step_epoch=0: must be >= 1"),
+        (dict(blur_sigma=-2), "--set blur_sigma=-2.0: must be >= 0"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ConfigError) as info:
+            resolve(**overrides)
+        assert len(info.value.problems) == 1 and message in info.value.problems[0], info.value.problems
+    for profile in cls.PROFILES:  # no profile sets an inert option
+        resolve_config(cls.Config, cls.PROFILES, profile)

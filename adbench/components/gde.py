@@ -13,6 +13,14 @@ and by the Woodbury identity ``Sigma^-1 = (I - X^T (a/b I + X X^T)^-1 X) / a``: 
 an n x n matrix per location gives the same distances in a fraction of the memory. The
 shrinkage itself is computed in closed form from n x n Gram matrices with scikit-learn's
 formula (``sklearn.covariance.ledoit_wolf_shrinkage``); a test checks both against sklearn.
+
+``l2_normalize=True`` scales every embedding (training and test) to unit L2 norm before the
+Gaussian is fitted and scored. This is what the released code of CutPaste's GDE reference [52]
+does (Sohn et al., "Learning and evaluating representations for deep one-class
+classification", ICLR 2021; google-research/deep_representation_one_class ``util/train.py``
+l.575-578: ``tf.nn.l2_normalize(feats, axis=1)`` before ``GaussianMixture(n_components=1,
+covariance_type='full')``). CutPaste's paper does not say whether it normalises; its own code
+was never released. Default False (the paper's eq. 2 as written).
 """
 from __future__ import annotations
 
@@ -49,15 +57,23 @@ class GaussianDensity:
     takes [m, d] (or [L, m, d]) and returns Mahalanobis distances [m] (or [L, m]).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, l2_normalize: bool = False) -> None:
+        self.l2_normalize = bool(l2_normalize)
         self.mean: Optional[torch.Tensor] = None
         self.low_rank = False
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit L2 norm along the feature axis when ``l2_normalize`` (DROC's GDE), else as is."""
+        if not self.l2_normalize:
+            return x
+        x = x.double()
+        return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
     def fit(self, x: torch.Tensor, chunk_bytes: int = 256 * 2**20) -> "GaussianDensity":
         """Fit on [n, d] or [L, n, d] embeddings; locations are processed in chunks so the
         float64 work arrays stay under ``chunk_bytes``."""
         batched = x.dim() == 3
-        x = x if batched else x[None]
+        x = self._prepare(x if batched else x[None])
         n, d = x.shape[1], x.shape[2]
         if n < 2:
             raise ValueError("GDE needs at least 2 training embeddings")
@@ -99,7 +115,7 @@ class GaussianDensity:
         if self.mean is None:
             raise RuntimeError("GaussianDensity.score before fit")
         batched = z.dim() == 3
-        zc = (z if batched else z[None]).float().cpu() - self.mean  # [L, m, d]
+        zc = self._prepare((z if batched else z[None]).cpu()).float() - self.mean  # [L, m, d]
         if self.low_rank:
             proj = self.data @ zc.transpose(1, 2)  # [L, n, m]
             q = (proj * (self.k_inv @ proj)).sum(dim=1)  # [L, m]

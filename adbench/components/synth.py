@@ -18,15 +18,20 @@ Generators (paper parameters as defaults):
   (0.3, 3.3) (i.e. (0.3, 1) U (1, 3.3), each side equally likely), colour jitter 0.1 on the
   patch, cut and paste locations fully inside the image.
 * ``cutpaste_scar``: width [2, 16] px, length [10, 25] px, rotation (-45, 45) degrees.
-* ``scar_cutout``: the "scar" baseline (DeVries & Taylor cutout as a long thin rotated box of
-  random colour).
+* ``scar_cutout``: the "Scar" baseline of CutPaste table 1 / fig. 2d (a Cutout special case from
+  its ref. [16]: a long thin rotated box of one random colour), at CutPaste-Scar's sizes.
+* ``confetti``: Confetti noise (FCDD, Liznerski et al., CutPaste's ref. [32] and table 4): smooth
+  colour blobs added to the image ("jitters a color of a local patch").
+* ``rotate``: a quarter-turn rotation of the whole image (rotation prediction, Gidaris et al.;
+  CutPaste table 1 "Rotation"); no mask, the whole image is the transformation.
 * ``cutmix``: a box from another image (seed 000's "CutMix" variant).
 * ``nsa_patch``: NSA-style (Schlueter et al.) patch from another (or the same) image, randomly
   rescaled, Poisson-blended with OpenCV ``seamlessClone``.
 * ``pepper_noise`` / ``color_jitter``: patch transforms of seed 000, usable on any pasted patch
   (``cutpaste(..., patch_transform="pepper")``).
 * ``CutPasteSampler``: turns a batch of normal images into the classification batch CutPaste
-  trains on (binary, scar-only, union, 3-way).
+  trains on (its proxy tasks: 3-way, binary, scar-only, union, and the baselines of its tables 1
+  and 4: rotation, cutout, scar_cutout, confetti).
 """
 from __future__ import annotations
 
@@ -304,6 +309,100 @@ def scar_cutout(image: torch.Tensor, generator: Generator, width=(2, 16), length
 
 
 # --------------------------------------------------------------------------------------------
+# Confetti noise (FCDD) and whole-image rotation
+# --------------------------------------------------------------------------------------------
+def _gaussian_blur(x: torch.Tensor, sigma: float, kernel: int) -> torch.Tensor:
+    """Separable Gaussian blur of [C, H, W] with reflect borders (kornia's default border)."""
+    coords = torch.arange(kernel, dtype=torch.float32) - (kernel - 1) / 2.0
+    g = torch.exp(-(coords**2) / (2.0 * sigma**2))
+    g = (g / g.sum()).to(x.dtype)
+    c, h, w = x.shape
+    pad = kernel // 2
+    y = x[None]
+    mode = "reflect" if min(h, w) > pad else "replicate"
+    y = torch.nn.functional.pad(y, (pad, pad, 0, 0), mode=mode)
+    y = torch.nn.functional.conv2d(y, g.view(1, 1, 1, -1).expand(c, 1, 1, kernel), groups=c)
+    y = torch.nn.functional.pad(y, (0, 0, pad, pad), mode=mode)
+    y = torch.nn.functional.conv2d(y, g.view(1, 1, -1, 1).expand(c, 1, kernel, 1), groups=c)
+    return y[0]
+
+
+def _blob_count(rng: np.random.Generator, pixels: int, rate: float) -> int:
+    """Number of blob centres: each pixel is a centre with probability ``rate``, at least one."""
+    while True:
+        n = int(rng.binomial(pixels, rate))
+        if n > 0:
+            return n
+
+
+def _rotated_square(shape: tuple[int, int], centre: tuple[float, float], side: int, angle: float) -> torch.Tensor:
+    """Bool [H, W] mask of a ``side`` x ``side`` square centred on ``centre``, rotated by ``angle`` degrees."""
+    yy, xx = torch.meshgrid(torch.arange(shape[0], dtype=torch.float32),
+                            torch.arange(shape[1], dtype=torch.float32), indexing="ij")
+    dy, dx = yy - centre[0], xx - centre[1]
+    c, s = float(np.cos(np.deg2rad(angle))), float(np.sin(np.deg2rad(angle)))
+    u, v = c * dx + s * dy, -s * dx + c * dy
+    half = side / 2.0
+    return (u.abs() <= half) & (v.abs() <= half)
+
+
+def confetti(image: torch.Tensor, generator: Generator, colored_rate: float = 1.8e-5, white_rate: float = 1.2e-5,
+             blob_size: tuple[int, int] = (8, 54), rotation: tuple[float, float] = (-45.0, 45.0),
+             smooth_sigma: float = 5.0, smooth_kernel: int = 25,
+             min_change: float = 1.0 / 255.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Confetti noise, as FCDD (Liznerski et al., ICLR 2021) makes its synthetic MVTec anomalies
+    and as CutPaste's table 4 uses it ("jitters a color of a local patch").
+
+    Definition (FCDD's ``confetti`` noise mode, values rescaled from 0..255 to 0..1):
+
+    * blob centres: every pixel independently with probability ``colored_rate`` (1.8e-5) for
+      coloured blobs and ``white_rate`` (1.2e-5) for white ones, at least one of each (FCDD's
+      ``ensureblob``); about 1.2 + 0.8 blobs on a 256 x 256 image;
+    * each blob a square of side U{8..54} px rotated by U(-45, 45) degrees; a coloured blob
+      carries one random colour (each channel U{0..255}/255), a white blob 1.0 in every channel;
+      overlapping coloured blobs overwrite each other, the white layer is summed on top;
+    * the noise is smoothed by a Gaussian (25 x 25 kernel, sigma 5) and **added** to the image,
+      clamped to [0, 1]; where adding changes (almost) nothing (a white image) it is subtracted
+      instead (FCDD's inversion rule, threshold 0.025/255 mean change).
+
+    The mask is where the smoothed noise reaches ``min_change`` (1/255, one 8-bit grey level) in
+    some channel; outside it the image is left untouched (our cut of the Gaussian's infinite
+    tail, so that "pixels outside the mask are unchanged" holds). Sizes are FCDD's pixel values
+    at its 224 px MVTec input; the per-pixel rates make the expected blob count grow with area.
+    """
+    _check_image(image)
+    rng = numpy_rng(generator)
+    h, w = image.shape[-2:]
+    layers = []
+    for rate, colored in ((colored_rate, True), (white_rate, False)):
+        layer = torch.zeros(3, h, w, dtype=torch.float32)
+        for _ in range(_blob_count(rng, h * w, rate)):
+            centre = (float(rng.integers(0, h)), float(rng.integers(0, w)))
+            side = int(rng.integers(blob_size[0], blob_size[1] + 1))
+            blob = _rotated_square((h, w), centre, side, float(rng.uniform(*rotation)))
+            colour = rng.integers(0, 256, size=3).astype(np.float32) / 255.0 if colored else np.ones(3, np.float32)
+            layer[:, blob] = torch.from_numpy(colour)[:, None]
+        layers.append(layer)
+    noise = _gaussian_blur(layers[0] + layers[1], smooth_sigma, smooth_kernel).clamp_min(0.0).to(image.dtype)
+    added = (image + noise).clamp(0.0, 1.0)
+    if float((added - image).mean()) < 0.025 / 255.0:
+        subtracted = (image - noise).clamp(0.0, 1.0)
+        if float((image - subtracted).mean()) > float((added - image).mean()):
+            added = subtracted
+    mask = noise.amax(dim=0) >= min_change
+    return torch.where(mask[None], added, image), mask
+
+
+def rotate(image: torch.Tensor, quarter_turns: int) -> torch.Tensor:
+    """``image`` [3, H, W] rotated by ``quarter_turns`` x 90 degrees (counter-clockwise as
+    displayed). Square images only: a rotation must not change the input geometry."""
+    _check_image(image)
+    if image.shape[-1] != image.shape[-2]:
+        raise ValueError(f"rotation prediction needs square images, got {tuple(image.shape[-2:])}")
+    return torch.rot90(image, int(quarter_turns) % 4, dims=(-2, -1))
+
+
+# --------------------------------------------------------------------------------------------
 # NSA-style seamless patches (Poisson blending)
 # --------------------------------------------------------------------------------------------
 def nsa_patch(image: torch.Tensor, generator: Generator, source: Optional[torch.Tensor] = None,
@@ -356,22 +455,42 @@ def nsa_patch(image: torch.Tensor, generator: Generator, source: Optional[torch.
 class CutPasteSampler:
     """Turn normal images into CutPaste's self-supervised classification batch.
 
-    mode ``3way`` (paper default): every image appears as normal (label 0), with CutPaste (1)
-    and with CutPaste-Scar (2), so 32 images give the paper's batch of 96. ``binary``: normal vs
-    CutPaste; ``scar``: normal vs CutPaste-Scar; ``union``: normal vs one of the two, chosen
-    with probability 1/2 per image (paper table 5, "binary (union)").
+    Every image of the step appears once in each class (label k = the k-th version), so 32
+    images give the paper's batch of 96 in ``3way`` mode (CutPaste appendix A.1: "64 (or 96 for
+    3-way)"). The modes are CutPaste's proxy tasks (tables 1, 4 and 5):
+
+    =========== ===== ==================================================================
+    mode        k     versions (label 0 is always the unchanged image)
+    =========== ===== ==================================================================
+    3way        3     normal, CutPaste, CutPaste-Scar (the paper's method)
+    binary      2     normal, CutPaste                       (table 1 "CutPaste")
+    scar        2     normal, CutPaste-Scar                  (table 1 "CutPaste (scar)")
+    union       2     normal, CutPaste or CutPaste-Scar, 1/2 each (table 5 "Binary (Union)")
+    rotation    4     0, 90, 180, 270 degrees                (table 1 "Rotation")
+    cutout      2     normal, Cutout box filled by ``cutout_fill`` (table 1 "Cutout", table 4)
+    scar_cutout 2     normal, random-colour scar             (table 1 "Scar")
+    confetti    2     normal, Confetti noise                 (table 4 "Confetti")
+    =========== ===== ==================================================================
+
+    ``scar`` keeps its historical meaning here (CutPaste-Scar, an image patch); the table-1
+    "Scar" baseline, a Cutout of random colour, is ``scar_cutout``.
     """
 
-    MODES = {"3way": 3, "binary": 2, "scar": 2, "union": 2}
+    MODES = {"3way": 3, "binary": 2, "scar": 2, "union": 2, "rotation": 4, "cutout": 2, "scar_cutout": 2,
+             "confetti": 2}
+    FILLS = ("grey", "mean", "random")
 
     def __init__(self, mode: str = "3way", jitter: float = 0.1, area_ratio=(0.02, 0.15), aspect_ratio=(0.3, 3.3),
-                 scar_width=(2, 16), scar_length=(10, 25), scar_rotation=(-45.0, 45.0)):
+                 scar_width=(2, 16), scar_length=(10, 25), scar_rotation=(-45.0, 45.0), cutout_fill: str = "grey"):
         if mode not in self.MODES:
             raise ValueError(f"CutPaste mode {mode!r}: expected one of {', '.join(self.MODES)}")
+        if cutout_fill not in self.FILLS:
+            raise ValueError(f"cutout fill {cutout_fill!r}: expected one of {', '.join(self.FILLS)}")
         self.mode = mode
         self.jitter = jitter
         self.area_ratio, self.aspect_ratio = area_ratio, aspect_ratio
         self.scar_width, self.scar_length, self.scar_rotation = scar_width, scar_length, scar_rotation
+        self.cutout_fill = cutout_fill
 
     @property
     def num_classes(self) -> int:
@@ -383,16 +502,28 @@ class CutPasteSampler:
     def scar(self, image: torch.Tensor, rng) -> torch.Tensor:
         return cutpaste_scar(image, rng, self.scar_width, self.scar_length, self.scar_rotation, self.jitter)[0]
 
+    def version(self, image: torch.Tensor, label: int, rng: np.random.Generator) -> torch.Tensor:
+        """The version of ``image`` that carries class ``label`` (>= 1) in this mode."""
+        mode = self.mode
+        if mode in ("3way", "binary"):
+            return self.patch(image, rng) if label == 1 else self.scar(image, rng)
+        if mode == "scar":
+            return self.scar(image, rng)
+        if mode == "union":
+            return self.patch(image, rng) if rng.random() < 0.5 else self.scar(image, rng)
+        if mode == "rotation":
+            return rotate(image, label)
+        if mode == "cutout":
+            return cutout(image, rng, self.cutout_fill, self.area_ratio, self.aspect_ratio)[0]
+        if mode == "scar_cutout":
+            return scar_cutout(image, rng, self.scar_width, self.scar_length, self.scar_rotation)[0]
+        return confetti(image, rng)[0]
+
     def __call__(self, images: torch.Tensor, generator: Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """images [B, 3, H, W] -> (images [B * num_classes, 3, H, W], labels [B * num_classes])."""
+        """images [B, 3, H, W] -> (images [B * num_classes, 3, H, W], labels [B * num_classes]):
+        the B unchanged images (label 0), then the B versions of label 1, and so on."""
         rng = numpy_rng(generator)
         imgs = images.detach().float().cpu()
-        groups = [imgs]
-        if self.mode in ("3way", "binary"):
-            groups.append(torch.stack([self.patch(x, rng) for x in imgs]))
-        if self.mode in ("3way", "scar"):
-            groups.append(torch.stack([self.scar(x, rng) for x in imgs]))
-        if self.mode == "union":
-            groups.append(torch.stack([self.patch(x, rng) if rng.random() < 0.5 else self.scar(x, rng) for x in imgs]))
+        groups = [imgs] + [torch.stack([self.version(x, k, rng) for x in imgs]) for k in range(1, self.num_classes)]
         labels = torch.cat([torch.full((len(imgs),), k, dtype=torch.long) for k in range(len(groups))])
         return torch.cat(groups).to(images.device), labels.to(images.device)

@@ -1,29 +1,49 @@
 """ToCoAD's trainable networks: the discriminative network D and the contrastive heads C.
 
-ToCoAD (Liang et al., seed 002) trains two small networks around the feature extractor F:
+ToCoAD (Liang et al., seed 002) trains two networks around the feature extractor F:
 
-* ``DiscriminativeNet`` (D, Sec. 3.1 and 4.1: "an inverse WideResNet50 ... operated with
-  up-sampling, concatenating, and dimension compression operations. It finally predicts a
-  feature map with 2 channels with the same dimensions as the input image"). D takes F's
-  feature maps of some layers (deepest first), and mirrors F top-down: compress the deepest
-  map, upsample x2 to the next shallower grid, concatenate that layer's (compressed) map,
-  fuse with two 3x3 conv-BN-ReLU, and so on; at the shallowest grid a 3x3 conv gives the
-  2-channel (normal / anomalous) logits, upsampled bilinearly to the input size. Widths halve at
-  every step up, as a ResNet's halve going towards the input. The paper does not say which
-  layers feed D; the method config chooses (``dnp_layers``) and records it.
+* D (Sec. 3.1 and 4.1: "an inverse WideResNet50 ... operated with up-sampling, concatenating,
+  and dimension compression operations. It finally predicts a feature map with 2 channels with
+  the same dimensions as the input image"). ``build_discriminator`` makes either
+  - ``inverse`` (the paper profile): ``components/inverse_resnet.InverseResNet``, F's residual
+    stages run backwards (25.8 M parameters for wide_resnet50_2 layers 1-3), or
+  - ``light``: ``DiscriminativeNet`` below, a feature-pyramid-style decoder (1.1 M parameters
+    for wide_resnet50_2 at width 256): compress the deepest map, upsample x2 to the next
+    shallower grid, concatenate that layer's (compressed) map, fuse with two 3x3 conv-BN-ReLU,
+    and so on; at the shallowest grid a 3x3 conv gives the 2 logits, upsampled bilinearly to
+    the input size. Widths halve at every step up. Our option for CPU budgets.
+  Which layers of F feed D is not stated by the paper; the method config chooses
+  (``dnp_layers``) and records it.
 * ``SiameseHeads`` (C, Sec. 3.2, 4.1 and Fig. 4): per selected layer, adaptive average pooling
   to a vector, a 3-layer MLP projector (SimSiam's: Linear-BN-ReLU, Linear-BN-ReLU, Linear-BN)
   and a 1-layer predictor (the paper says 1 layer; SimSiam's own predictor is a 2-layer
-  bottleneck). The projector is shared by both views; the stop-gradient sits on the projector
+  bottleneck). The projector is shared by all views; the stop-gradient sits on the projector
   branch (eq. 4). ``concat=True`` pools every layer, concatenates the vectors and uses one
   head (the Table 8 ablation). ``mode="byol"`` (Table 9) keeps an exponential-moving-average
-  target copy of the projector (the method keeps the EMA copy of F) and uses BYOL's loss
-  ``2 - 2 cos``; the SimSiam loss is eq. 3-5's negative cosine.
+  target copy of the projector (the trainer keeps the EMA copy of F).
+
+L_sym, exactly as eq. 3-5 write it (``SiameseHeads.loss``). With D(p, z) = -<p/|p|, z/|z|>
+(eq. 3) and L_cossim(f^i, f^j) = 1/2 D(p_i, SG(z_j)) + 1/2 D(p_j, SG(z_i)) (eq. 4), eq. 5 is
+
+    L_sym = 2 / (M (M - 1)) * sum_i sum_{j != i} L_cossim(f^i, f^j)
+          = 2 * mean over the M (M - 1) ordered pairs i != j of D(p_i, SG(z_j)),
+
+both lines of eq. 5 agree. With M = 2 views (the paper's setting): L_sym = D(p_1, SG(z_2)) +
+D(p_2, SG(z_1)), in [-2, 2]: *twice* SimSiam's own loss (which has the 1/2 factors of eq. 4
+only); that scale is what eq. 6's lambda balances against L_neg, so we keep it. BYOL (Table 9;
+the paper gives no formula): the same sum with BYOL's per-direction loss 2 - 2 cos = 2 + 2 D in
+place of D (for M = 2 exactly BYOL's symmetrised loss L + L~).
+
+Several layers (layers 3 and 4 by default): one head per layer and L_sym = the *mean* of the
+per-layer L_sym. The paper does not say; the mean keeps L_sym in eq. 5's range whatever the
+number of layers, so lambda = 0.5 weighs the two terms of eq. 6 the same way in every row of
+Table 4 (layer 4 alone, 2+3, 3+4, 2+3+4); a sum would tilt eq. 6 towards L_sym as layers are
+added.
 """
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -37,7 +57,7 @@ def _conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
 
 
 class DiscriminativeNet(nn.Module):
-    """D: F's feature maps (any number, any strides) -> 2-channel mask logits at input size.
+    """The light D (``dnp_decoder=light``): F's maps (any number, any strides) -> 2-channel logits.
 
     in_channels: channels of the maps D receives, ordered shallow -> deep (as a Backbone
     returns them). width: channels after fusing at the deepest level (halved per level up,
@@ -84,12 +104,12 @@ def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 class SiameseHeads(nn.Module):
-    """C: per-layer pooling + projector + predictor; ``loss(feats1, feats2)`` is L_sym (M = 2).
+    """C: per-layer pooling + projector + predictor; ``loss(views)`` is L_sym (eq. 5).
 
     in_channels: channels of the layers C sees (one head each, or one over their concatenation
     when ``concat``). mode: ``simsiam`` (stop-gradient on the projector branch) or ``byol``
     (targets from an EMA copy of the projector; the caller passes the EMA backbone's features
-    as ``target_feats``).
+    as ``target_views``).
     """
 
     def __init__(self, in_channels: Sequence[int], dim: int = 2048, concat: bool = False,
@@ -115,22 +135,30 @@ class SiameseHeads(nn.Module):
         heads = self.target_projectors if target else self.projectors
         return [h(v) for h, v in zip(heads, self.pooled(feats))]
 
-    def loss(self, feats1, feats2, target_feats1=None, target_feats2=None) -> torch.Tensor:
-        """Symmetric loss of eq. 4/5 (M = 2), averaged over heads."""
-        z1, z2 = self.project(feats1), self.project(feats2)
-        p1 = [pred(z) for pred, z in zip(self.predictors, z1)]
-        p2 = [pred(z) for pred, z in zip(self.predictors, z2)]
+    def loss(self, views: Sequence[Sequence[torch.Tensor]],
+             target_views: Optional[Sequence[Sequence[torch.Tensor]]] = None) -> torch.Tensor:
+        """L_sym of eq. 5 (see the module docstring), averaged over heads.
+
+        views: per view (M >= 2), F's maps of the contrastive layers. target_views: BYOL only,
+        the EMA copy of F's maps of the same views.
+        """
+        m = len(views)
+        if m < 2:
+            raise ValueError(f"L_sym needs at least 2 views, got {m}")
+        z = [self.project(f) for f in views]  # z[i][h]
+        p = [[pred(zh) for pred, zh in zip(self.predictors, zi)] for zi in z]
         if self.mode == "byol":
             with torch.no_grad():
-                t1 = self.project(target_feats1, target=True)
-                t2 = self.project(target_feats2, target=True)
-            # BYOL's 2 - 2cos = 2 + 2 D(p, z)
-            terms = [2 + 2 * (0.5 * negative_cosine(a, tb) + 0.5 * negative_cosine(b, ta))
-                     for a, b, ta, tb in zip(p1, p2, t1, t2)]
+                targets = [self.project(f, target=True) for f in target_views]
         else:
-            terms = [0.5 * negative_cosine(a, zb.detach()) + 0.5 * negative_cosine(b, za.detach())
-                     for a, b, za, zb in zip(p1, p2, z1, z2)]
-        return torch.stack(terms).mean()
+            targets = [[zh.detach() for zh in zi] for zi in z]  # SG on the projector branch
+        per_head = []
+        for h in range(len(self.projectors)):
+            terms = [negative_cosine(p[i][h], targets[j][h]) for i in range(m) for j in range(m) if j != i]
+            if self.mode == "byol":
+                terms = [2 + 2 * t for t in terms]
+            per_head.append(2 * torch.stack(terms).mean())
+        return torch.stack(per_head).mean()
 
     @torch.no_grad()
     def update_target(self) -> None:
@@ -146,3 +174,16 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
         t.mul_(momentum).add_(o.detach(), alpha=1.0 - momentum)
     for t, o in zip(target.buffers(), online.buffers()):
         t.copy_(o)
+
+
+def build_discriminator(kind: str, channels: Sequence[int], strides: Sequence[int], *, width: int = 256,
+                        blocks: Sequence[int] = (3, 4, 6)) -> nn.Module:
+    """D for F's maps with ``channels``/``strides`` (shallow -> deep): ``inverse`` (the paper's
+    inverse ResNet, ``blocks`` per stage) or ``light`` (``DiscriminativeNet`` of ``width``)."""
+    if kind == "inverse":
+        from adbench.components.inverse_resnet import InverseResNet
+
+        return InverseResNet(channels, strides, blocks)
+    if kind == "light":
+        return DiscriminativeNet(channels, width=width)
+    raise ValueError(f"discriminator kind {kind!r}: expected inverse or light")

@@ -6,19 +6,21 @@ discriminative network D and the contrastive heads C, and runs
 
 * stage I, DNP (``fit_dnp``): F frozen; every training image goes through the anomaly
   generator G (slight random rotation, then a random multiple of 90 degrees, then a synthetic
-  anomaly); D segments it from F's features; focal loss (eq. 2); Adam, step decay;
+  anomaly); D segments it from F's features; L_dis = focal loss (eq. 2, always focal); Adam,
+  step decay;
 * stage II, NCL (``fit_ncl``): D frozen (weights and batch-norm statistics); F and C trained
   with ``lambda * L_sym + (1 - lambda) * L_neg`` (eq. 6), L_sym the symmetric SimSiam loss of
-  two views (eq. 3-5), L_neg the focal loss of the frozen D on fresh synthetic anomalies seen
-  through the *current* F; SGD with momentum, weight decay and a cosine schedule.
+  M views (eq. 3-5, ``tocoad_networks``; views: ``simsiam_views``), L_neg the focal loss
+  (or cross-entropy, ``neg_loss=ce``, Table 6) of the frozen D on fresh synthetic anomalies
+  seen through the *current* F; SGD with momentum, weight decay and a cosine schedule; F
+  optionally frozen for the first ``freeze_epochs`` (seed 000).
 
 The method module (``methods/tocoad.py``) then builds the PatchCore memory bank on F.
 """
 from __future__ import annotations
 
-import math
 import time
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -27,9 +29,10 @@ from tqdm import tqdm
 
 from adbench.components.backbone import Backbone
 from adbench.components.losses import focal_loss
-from adbench.components.synth import (TextureSource, cutmix, cutpaste, nsa_patch, numpy_rng,
+from adbench.components.synth import (TextureSource, cutmix, cutout, cutpaste, nsa_patch, numpy_rng,
                                       perlin_texture_anomaly)
-from adbench.components.tocoad_networks import DiscriminativeNet, SiameseHeads, ema_update
+from adbench.components.simsiam_views import SimSiamViews
+from adbench.components.tocoad_networks import SiameseHeads, build_discriminator, ema_update
 from adbench.errors import ConfigError
 
 
@@ -50,19 +53,24 @@ class AnomalyGenerator:
     kind: ``perlin`` (Perlin mask filled from a texture source: the paper's default), ``cutpaste``
     (CutPaste patch of the same image, Table 7), ``nsa`` (NSA-style Poisson-blended patch from
     another training image, Table 7), ``patch`` (seed 000: a box from the same or another image
-    with colour jitter or pepper noise). ``synthetic_share``: probability that a sample gets an
-    anomaly (1.0 = eq. 1, every image; seed 000's 1:1 is 0.5). Masks are bool [H, W].
+    with colour jitter or pepper noise), ``cutout`` (seed 000 Sec. 1.4, "Cutout masks an area of
+    the image": a CutPaste-sized box filled with ``cutout_fill``, grey / the image mean / a random
+    colour, ``synth.cutout``; the mask is the box). ``synthetic_share``: probability that a
+    sample gets an anomaly (1.0 = eq. 1, every image; seed 000's 1:1 is 0.5). Masks are bool
+    [H, W]; outside the mask the output is the rotated base image, bit for bit.
     """
 
     def __init__(self, kind: str = "perlin", texture: Optional[TextureSource] = None,
                  rotate_degrees: float = 10.0, rotate90: bool = True, synthetic_share: float = 1.0,
-                 patch_source: str = "same", patch_transform: str = "jitter", beta_max: float = 0.8):
-        if kind not in ("perlin", "cutpaste", "nsa", "patch"):
-            raise ConfigError(f"--set generator={kind!r}: expected perlin, cutpaste, nsa or patch")
+                 patch_source: str = "same", patch_transform: str = "jitter", beta_max: float = 0.8,
+                 cutout_fill: str = "grey"):
+        if kind not in ("perlin", "cutpaste", "nsa", "patch", "cutout"):
+            raise ConfigError(f"--set generator={kind!r}: expected perlin, cutpaste, nsa, patch or cutout")
         self.kind, self.texture = kind, texture or TextureSource(None)
         self.rotate_degrees, self.rotate90 = float(rotate_degrees), bool(rotate90)
         self.synthetic_share = float(synthetic_share)
         self.patch_source, self.patch_transform, self.beta_max = patch_source, patch_transform, beta_max
+        self.cutout_fill = cutout_fill
 
     def rotate(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """Batched: each image turned by U(-rotate_degrees, rotate_degrees) degrees (bilinear,
@@ -86,6 +94,8 @@ class AnomalyGenerator:
             return cutpaste(image, rng)
         if self.kind == "nsa":
             return nsa_patch(image, rng, source=other)
+        if self.kind == "cutout":
+            return cutout(image, rng, fill=self.cutout_fill)
         if self.patch_source == "other":
             return cutmix(image, other, rng, patch_transform=self.patch_transform)
         return cutpaste(image, rng, patch_transform=self.patch_transform)
@@ -107,43 +117,36 @@ class AnomalyGenerator:
         return torch.stack(out), torch.stack(masks)
 
 
-class SimSiamViews:
-    """The paper's augmentation set S (Sec. 3.2: random crop, colour jitter, grayscale) with
-    SimSiam's parameters: random resized crop, scale (0.2, 1), back to the input size; colour
-    jitter 0.4/0.4/0.4/0.1 with p 0.8; grayscale with p 0.2. Batched with per-sample parameters
-    (kornia), driven by torch's global generator (seeded by the runner)."""
-
-    def __init__(self, size: tuple[int, int]):
-        import kornia.augmentation as K
-
-        self.aug = torch.nn.Sequential(
-            K.RandomResizedCrop(tuple(size), scale=(0.2, 1.0)),
-            K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
-            K.RandomGrayscale(p=0.2),
-        )
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.aug(images).clamp(0.0, 1.0)
-
-
 class ToCoADTrainer:
-    """F, D and C plus the two training stages. ``cfg`` is a ``ToCoADConfig``."""
+    """F, D and C plus the two training stages. ``cfg`` is a ``ToCoADConfig``.
+
+    Randomness: batch order from ``self.gen`` (torch), synthetic anomalies from ``self.rng``
+    (numpy), SimSiam views from ``self.view_gen`` (torch), all three seeded from the job seed,
+    never from global state (F, D and C are initialised from torch's global generator, which
+    the runner seeds).
+    """
 
     def __init__(self, cfg, *, weights=None, allow_random_fallback: bool = False,
                  device: torch.device = torch.device("cpu"), seed: int = 0, progress: bool = False):
         self.cfg, self.device, self.progress = cfg, device, progress
         self.gen = torch.Generator().manual_seed(int(seed))
         self.rng = np.random.default_rng(int(seed))
-        self.union = tuple(sorted(set(cfg.layers) | set(cfg.dnp_layers) | set(cfg.contrastive_layers)))
+        self.view_gen = torch.Generator().manual_seed(int(seed) + 1)
+        self.with_dnp = getattr(cfg, "stages", "both") == "both"
+        dnp_layers = set(cfg.dnp_layers) if self.with_dnp else set()
+        self.union = tuple(sorted(set(cfg.layers) | dnp_layers | set(cfg.contrastive_layers)))
         self.F = Backbone(cfg.backbone, self.union, weights=weights, frozen=False,
                           allow_random_fallback=allow_random_fallback).to(device)
         self.F.eval()  # batch-norm statistics stay ImageNet's in every stage (see fit_ncl)
         idx = {layer: i for i, layer in enumerate(self.F.layer_indices)}
-        self.pick_dnp = [idx[layer] for layer in sorted(cfg.dnp_layers)]
+        self.pick_dnp = [idx[layer] for layer in sorted(dnp_layers)]
         self.pick_cl = [idx[layer] for layer in sorted(cfg.contrastive_layers)]
         self.pick_bank = [idx[layer] for layer in sorted(cfg.layers)]
-        self.D = DiscriminativeNet([self.F.channels[i] for i in self.pick_dnp], width=cfg.dnp_width).to(device)
+        self.D: Optional[torch.nn.Module] = None  # stages=ncl: no D (Table 5, row 2)
+        if self.with_dnp:
+            self.D = build_discriminator(cfg.dnp_decoder, [self.F.channels[i] for i in self.pick_dnp],
+                                         [self.F.strides[i] for i in self.pick_dnp], width=cfg.dnp_width,
+                                         blocks=cfg.dnp_blocks).to(device)
         self.C = SiameseHeads([self.F.channels[i] for i in self.pick_cl], dim=cfg.proj_dim,
                               concat=cfg.contrastive_concat, mode=cfg.contrastive, ema=cfg.byol_ema).to(device)
         self.views: Optional[SimSiamViews] = None
@@ -151,17 +154,23 @@ class ToCoADTrainer:
         texture = TextureSource(cfg.anomaly_source) if cfg.anomaly_source else TextureSource(None)
         a, b = parse_ratio(cfg.synthetic_ratio)
         self.G = AnomalyGenerator(cfg.generator, texture, cfg.rotate_degrees, cfg.rotate90, a / (a + b),
-                                  cfg.patch_source, cfg.patch_transform)
+                                  cfg.patch_source, cfg.patch_transform, cutout_fill=cfg.cutout_fill)
         self.history: dict[str, list[float]] = {"dnp_loss": [], "ncl_loss": [], "ncl_sym": [], "ncl_neg": [],
-                                                "dnp_epoch_s": [], "ncl_epoch_s": []}
+                                                "dnp_epoch_s": [], "ncl_epoch_s": [], "ncl_extractor_trained": []}
 
     # --- shared pieces ---------------------------------------------------------------------
     def set_extractor_trainable(self, trainable: bool) -> None:
         for p in self.F.model.parameters():
             p.requires_grad_(trainable)
 
-    def segment_loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Eq. 2: focal loss (gamma from the config); ``neg_loss=ce`` gives cross-entropy."""
+    def dis_criterion(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Stage I's L_dis, eq. 2: the focal loss (gamma ``focal_gamma`` = 2, no alpha, as DRAEM's
+        code). ``neg_loss`` never changes it: Table 6 varies L_neg only."""
+        return focal_loss(logits, masks, gamma=self.cfg.focal_gamma)
+
+    def neg_criterion(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Stage II's L_neg criterion: focal loss as eq. 2 (``neg_loss=focal``) or cross-entropy
+        (``neg_loss=ce``, Table 6's CE rows; = the focal loss with gamma 0)."""
         gamma = self.cfg.focal_gamma if self.cfg.neg_loss == "focal" else 0.0
         return focal_loss(logits, masks, gamma=gamma)
 
@@ -191,7 +200,16 @@ class ToCoADTrainer:
         return images_u8.float() / 255.0 if images_u8.dtype == torch.uint8 else images_u8.float()
 
     # --- stage I: discriminative network pre-training ---------------------------------------
-    def fit_dnp(self, images: torch.Tensor, epochs: Optional[int] = None, log: Callable = print) -> None:
+    def dnp_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """L_dis (eq. 2) of one batch of normal images ``x`` (float, CPU): G makes the synthetic
+        anomalies (eq. 1), the frozen F describes them, D segments them."""
+        syn, masks = self.G(x, self.rng)
+        syn, masks = syn.to(self.device), masks.to(self.device)
+        with torch.no_grad():
+            feats = self.F(syn)
+        return self.dis_criterion(self.discriminate(feats, syn.shape[-2:]), masks)
+
+    def fit_dnp(self, images: torch.Tensor, epochs: Optional[int] = None) -> None:
         """Train D on synthetic anomalies with F frozen. ``images``: uint8/float [N, 3, H, W]."""
         cfg = self.cfg
         epochs = cfg.dnp_epochs if epochs is None else epochs
@@ -202,11 +220,7 @@ class ToCoADTrainer:
         for epoch in tqdm(range(epochs), desc="ToCoAD stage I (DNP)", disable=not self.progress):
             t0, losses = time.perf_counter(), []
             for idx in self._batches(len(images), cfg.steps_per_epoch):
-                x, m = self.G(self._float(images[idx]), self.rng)
-                x, m = x.to(self.device), m.to(self.device)
-                with torch.no_grad():
-                    feats = self.F(x)
-                loss = self.segment_loss(self.discriminate(feats, x.shape[-2:]), m)
+                loss = self.dnp_loss(self._float(images[idx]))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -221,28 +235,32 @@ class ToCoADTrainer:
     def ncl_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.F.model.parameters()) + [p for p in self.C.parameters() if p.requires_grad]
 
-    def sym_loss(self, x: torch.Tensor) -> torch.Tensor:
-        """L_sym (eq. 5, M = 2) of a batch of normal images ``x`` (float, on the device)."""
+    def make_views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The M = ``ncl_views`` SimSiam views of a batch (eq. 5's v^1 .. v^M), from ``view_gen``."""
         if self.views is None:
             self.views = SimSiamViews(tuple(x.shape[-2:]))
-        v1, v2 = self.views(x), self.views(x)
-        b = x.shape[0]
-        # F keeps its batch-norm in eval mode, so one forward of both views equals two.
-        feats = self.F(torch.cat([v1, v2]))
-        f1 = [feats[i][:b] for i in self.pick_cl]
-        f2 = [feats[i][b:] for i in self.pick_cl]
-        t1 = t2 = None
+        return [self.views(x, self.view_gen) for _ in range(int(self.cfg.ncl_views))]
+
+    def sym_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """L_sym (eq. 5, M = ``ncl_views``) of a batch of normal images ``x`` (float, on the device)."""
+        views = self.make_views(x)
+        b, m = x.shape[0], len(views)
+        # F keeps its batch-norm in eval mode, so one forward of all views equals M forwards.
+        feats = self.F(torch.cat(views))
+        per_view = [[feats[i][v * b : (v + 1) * b] for i in self.pick_cl] for v in range(m)]
+        targets = None
         if self.F_target is not None:
             with torch.no_grad():
-                tf = self.F_target(torch.cat([v1, v2]))
-            t1, t2 = [tf[i][:b] for i in self.pick_cl], [tf[i][b:] for i in self.pick_cl]
-        return self.C.loss(f1, f2, t1, t2)
+                tf = self.F_target(torch.cat(views))
+            targets = [[tf[i][v * b : (v + 1) * b] for i in self.pick_cl] for v in range(m)]
+        return self.C.loss(per_view, targets)
 
     def neg_loss(self, x: torch.Tensor) -> torch.Tensor:
-        """L_neg: focal loss of the frozen D on synthetic anomalies of ``x`` seen through F."""
+        """L_neg: the frozen D's loss (``neg_criterion``) on synthetic anomalies of ``x`` seen
+        through the current F."""
         syn, masks = self.G(x.cpu(), self.rng)
         syn, masks = syn.to(self.device), masks.to(self.device)
-        return self.segment_loss(self.discriminate(self.F(syn), syn.shape[-2:]), masks)
+        return self.neg_criterion(self.discriminate(self.F(syn), syn.shape[-2:]), masks)
 
     def ncl_losses(self, x: torch.Tensor, with_neg: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(L_sym, L_neg) of one batch; ``with_neg=False`` (NCL without DNP) gives L_neg = 0."""
@@ -259,12 +277,21 @@ class ToCoADTrainer:
         three differently distributed groups per step (two views, synthetic anomalies) batch
         statistics would be noisy, and the memory bank must see the same normalisation as
         training did. The paper does not say; this is our choice.
+
+        ``freeze_epochs`` (seed 000): during the first N epochs F's weights do not move, while
+        C (projectors, predictors) trains on L_sym as usual; L_neg, which only F could lower
+        (D is frozen), is then computed for the log without a backward pass. The optimiser and
+        the cosine schedule span all epochs, frozen ones included.
         """
         cfg = self.cfg
         epochs = cfg.ncl_epochs if epochs is None else epochs
-        for p in self.D.parameters():
-            p.requires_grad_(False)
-        self.D.eval()
+        lam = float(cfg.lam if lam is None else lam)
+        if lam < 1.0 and self.D is None:
+            raise ValueError("L_neg needs the discriminative network D (stages=both)")
+        if self.D is not None:
+            for p in self.D.parameters():
+                p.requires_grad_(False)
+            self.D.eval()
         if cfg.contrastive == "byol" and self.F_target is None:
             import copy
 
@@ -274,10 +301,9 @@ class ToCoADTrainer:
         params = self.ncl_parameters()
         opt = torch.optim.SGD(params, lr=cfg.ncl_lr, momentum=cfg.ncl_momentum, weight_decay=cfg.ncl_weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-        lam = float(cfg.lam if lam is None else lam)
         for epoch in tqdm(range(epochs), desc="ToCoAD stage II (NCL)", disable=not self.progress):
-            # seed 000's extension: extractor frozen for the first freeze_epochs epochs
-            self.set_extractor_trainable(epoch >= cfg.freeze_epochs)
+            train_f = epoch >= cfg.freeze_epochs  # seed 000: F frozen for the first freeze_epochs
+            self.set_extractor_trainable(train_f)
             self.C.train()
             self.F.eval()
             t0, tot, sym, neg = time.perf_counter(), [], [], []
@@ -289,8 +315,10 @@ class ToCoADTrainer:
                 l_sym = self.sym_loss(x)
                 (lam * l_sym).backward()
                 if lam < 1.0:
-                    l_neg = self.neg_loss(x)
-                    ((1.0 - lam) * l_neg).backward()
+                    with torch.set_grad_enabled(train_f):
+                        l_neg = self.neg_loss(x)
+                    if train_f:
+                        ((1.0 - lam) * l_neg).backward()
                 else:
                     l_neg = torch.zeros(())
                 loss = lam * l_sym.detach() + (1.0 - lam) * l_neg.detach()
@@ -303,6 +331,8 @@ class ToCoADTrainer:
             for key, vals in (("ncl_loss", tot), ("ncl_sym", sym), ("ncl_neg", neg)):
                 self.history[key].append(float(np.mean(vals)) if vals else float("nan"))
             self.history["ncl_epoch_s"].append(time.perf_counter() - t0)
+            self.history["ncl_extractor_trained"].append(float(train_f))
+        opt.zero_grad(set_to_none=True)
         self.set_extractor_trainable(False)
         self.C.eval()
         self.F.eval()
@@ -311,11 +341,12 @@ class ToCoADTrainer:
     def projector_spread(self, images: torch.Tensor, augment: bool = True) -> list[float]:
         """Per head: mean over dimensions of the std of l2-normalised projector outputs
         (SimSiam's collapse diagnostic, its Fig. 2: ~1/sqrt(d) when healthy, 0 when collapsed),
-        measured on SimSiam views of ``images`` (what C is trained on) with C in eval mode."""
+        measured on SimSiam views of ``images`` (what C is trained on) with C in eval mode. The
+        views come from a generator of their own, so the diagnostic leaves training untouched."""
         self.C.eval()
         x = self._float(images).to(self.device)
         if augment:
-            x = SimSiamViews(tuple(x.shape[-2:]))(x)
+            x = SimSiamViews(tuple(x.shape[-2:]))(x, torch.Generator().manual_seed(0))
         feats = self.F(x)
         zs = self.C.project([feats[i] for i in self.pick_cl])
         return [float(F.normalize(z, dim=1).std(dim=0).mean()) for z in zs]
