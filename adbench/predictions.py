@@ -3,7 +3,8 @@ and figures can be recomputed without retraining.
 
 ``adbench run --save-predictions`` makes the worker keep, per category, the image scores
 (float64), the anomaly maps (float16: half the disk of float32, and ~3 significant digits is
-more than any pixel ranking metric of a [B, H, W] map needs), each map's maximum at full
+more than any pixel ranking metric of a [B, H, W] map needs; float32 for a category whose maps
+exceed float16's range, e.g. per-location Mahalanobis distances of 1e7), each map's maximum at full
 precision (float16 rounding ties the maxima of saturated maps, e.g. DRAEM's probabilities near
 1, which moved map-max image AUROC by 0.006 when recomputed from float16), the ground-truth
 masks (bit-packed), the labels, defect types and sample paths. The parent writes them as ``<record stem>.npz`` beside
@@ -22,6 +23,8 @@ import numpy as np
 
 #: key of the in-memory arrays a worker attaches to a record (never written into the JSON)
 ATTACHED = "_predictions"
+#: maps whose magnitude exceeds this are saved as float32 (float16's largest value is 65504)
+FLOAT16_SAFE_MAX = 60000.0
 
 
 class Collector:
@@ -35,6 +38,7 @@ class Collector:
         self.masks: list[np.ndarray] = []
         self.paths: list[str] = []
         self.defect_types: list[str] = []
+        self.maps_dtype = np.float16
 
     def update(self, scores, labels, maps, masks, paths, defect_types) -> None:
         self.scores.append(np.asarray(scores, dtype=np.float64).reshape(-1))
@@ -42,7 +46,12 @@ class Collector:
         if maps is not None:
             full = np.asarray(maps)
             self.map_max.append(full.reshape(full.shape[0], -1).max(axis=1).astype(np.float64))
-            self.maps.append(full.astype(np.float16))
+            if self.maps_dtype == np.float16 and full.size and np.abs(full).max() > FLOAT16_SAFE_MAX:
+                # values float16 cannot hold (it overflows to inf above 65504): float32 for this
+                # category, earlier batches upcast exactly
+                self.maps_dtype = np.float32
+                self.maps = [m.astype(np.float32) for m in self.maps]
+            self.maps.append(full.astype(self.maps_dtype))
         if masks is not None:
             self.masks.append(np.asarray(masks, dtype=bool))
         self.paths.extend(str(p) for p in paths)

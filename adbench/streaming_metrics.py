@@ -20,9 +20,16 @@ test set, so the runner feeds batches to ``StreamingEvaluator`` instead:
   (or PRO) curve lies in the box spanned by the bin's end points, so the trapezoid is off by at
   most half the box area.
 
+* Pixels are binned by ``asinh(score)``, not the score: a monotone transform leaves every
+  metric (they depend on the ranking only) unchanged, is the identity near 0 (probability maps
+  keep their resolution) and logarithmic for large values, so heavy-tailed maps (per-location
+  Mahalanobis distances up to 1e7 beside typical values near 10, measured on CutPaste's patch
+  model) do not squeeze the normal pixels into a few bins. Without it that map's pixel AUROC
+  streamed to 0.906 against the exact 0.942.
+
 With the default 2**18 bins the bound is far below 1e-3 for real maps even after the range grew
 by a factor of 100. What it cannot resolve is a distribution whose pixels sit in a sliver of the
-range (e.g. one map of values near 1e9 among maps in [0, 1]); then the bound says so.
+transformed range; then the bound says so.
 """
 from __future__ import annotations
 
@@ -233,7 +240,10 @@ class StreamingEvaluator:
                     self._n_regions += k
                     parts.append(w[mask])
                 weights = np.concatenate(parts)
-            self._hist.add(m.reshape(-1), g.reshape(-1), weights)
+            # bins over asinh(score): a monotone transform, so every metric (a function of the
+            # pixel ranking) is unchanged, while heavy tails (Mahalanobis distances of 1e7 next
+            # to typical values of 10) no longer squeeze the normal pixels into a few bins
+            self._hist.add(np.arcsinh(m.reshape(-1).astype(np.float64)), g.reshape(-1), weights)
 
     # ------------------------------------------------------------------------- compute
     def compute(self) -> MetricsResult:

@@ -329,3 +329,19 @@ def test_streaming_memory_does_not_grow_with_updates():
     # while the pixels they carried were 55 * 8 * 64 * 64 * 4 bytes = 7.2 MB.
     assert sizes[1] - sizes[0] < 55 * 2048
     assert ev.compute().counts["n_pixels"] == 60 * maps.size
+
+
+def test_streamed_pixel_auroc_of_heavy_tailed_maps_matches_sklearn():
+    """Per-location Mahalanobis maps: most pixels near 10, a few locations up to 1e7. Binning
+    asinh(score) keeps the streamed pixel AUROC at scikit-learn's (equal-width bins over the raw
+    range put every typical pixel into a handful of bins: 0.906 against 0.942 on a real map)."""
+    rng = np.random.default_rng(0)
+    maps = rng.gamma(4.0, 2.5, size=(6, 48, 48))
+    masks = np.zeros(maps.shape, bool)
+    masks[3:, 10:20, 10:20] = True
+    maps[masks] += rng.gamma(2.0, 2.0, size=int(masks.sum()))
+    maps[:, 0, :3] = [1e5, 3e6, 2.3e7]  # border locations with near-singular covariances
+    ev = StreamingEvaluator()
+    ev.update(scores=maps.reshape(6, -1).max(1), labels=np.array([0, 0, 0, 1, 1, 1]), maps=maps, masks=masks)
+    streamed = ev.compute().values["pixel_auroc"]
+    assert abs(streamed - roc_auc_score(masks.ravel(), maps.ravel())) < 1e-4

@@ -92,3 +92,20 @@ def test_map_maxima_survive_float16_maps():
     without = dict(arrays)
     without.pop("map_max")  # files saved before the maxima were kept: float16 ties show
     assert predictions.recompute(without)["values"]["image_auroc_mapmax"] < 1.0
+
+
+def test_maps_beyond_float16_range_are_saved_as_float32():
+    """float16 overflows to inf above 65504: such a category's maps are kept as float32."""
+    from adbench.predictions import Collector
+
+    c = Collector()
+    small = np.random.default_rng(0).random((2, 8, 8)).astype(np.float32)
+    c.update(np.zeros(2), np.zeros(2), small, np.zeros((2, 8, 8), bool), ["a", "b"], ["good", "good"])
+    huge = small * 1e6
+    c.update(np.zeros(2), np.ones(2), huge, np.zeros((2, 8, 8), bool), ["c", "d"], ["x", "x"])
+    maps = c.arrays()["maps"]
+    assert maps.dtype == np.float32 and np.isfinite(maps).all()
+    assert np.array_equal(maps[2:], huge) and np.allclose(maps[:2], small, rtol=1e-3)
+    c2 = Collector()
+    c2.update(np.zeros(2), np.zeros(2), small, np.zeros((2, 8, 8), bool), ["a", "b"], ["good", "good"])
+    assert c2.arrays()["maps"].dtype == np.float16
