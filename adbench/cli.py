@@ -94,11 +94,19 @@ def main() -> None:
 @click.option("--metric", default="image_auroc,pixel_auroc", show_default=True, help="Metrics of the final table.")
 @click.option("--save-predictions", is_flag=True,
               help="Keep image scores, float16 maps and sample paths beside each record (<record>.npz).")
+@click.option("--checkpoint-every", default=600.0, show_default=True, type=float, metavar="SECONDS",
+              help="Save each training job's complete state this often (and when training ends); "
+                   "a rerun resumes from it. 0 turns checkpoints off.")
+@click.option("--checkpoint-dir", default=None, type=click.Path(file_okay=False),
+              help="Where checkpoints go [default: <results>/.checkpoints]; Ray workers must be able to write it.")
+@click.option("--keep-checkpoints", is_flag=True,
+              help="Keep each job's final checkpoint (the trained model) after its record is written.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("--debug", is_flag=True, help="Tracebacks for user errors.")
 @_guard
 def run_cmd(method, dataset, data_root, category, profile, set_options, config_file, seed, protocol,
-            results, weights, device, plugins, rerun, executor, metric, save_predictions, quiet, debug) -> None:
+            results, weights, device, plugins, rerun, executor, metric, save_predictions, checkpoint_every,
+            checkpoint_dir, keep_checkpoints, quiet, debug) -> None:
     """Run methods over a dataset's categories; print the per-category table."""
     from adbench.errors import ConfigError
     from adbench.records import METRIC_KEYS
@@ -116,6 +124,7 @@ def run_cmd(method, dataset, data_root, category, profile, set_options, config_f
         set_options=list(set_options), config_file=config_file, seed=seed, protocol=protocol,
         results=results, weights=weights, device=device, plugins=list(plugins), rerun=rerun,
         executor=executor, progress=not quiet, save_predictions=save_predictions,
+        checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir, keep_checkpoints=keep_checkpoints,
     )
     summary = run(opts)
     tables = build_tables(summary.records, metrics)

@@ -29,6 +29,7 @@ import torch
 
 from adbench.config import MethodConfig
 from adbench.data import Batch, Preprocess
+from adbench.training import Checkpointing
 from adbench.weights import NO_WEIGHTS, WeightsInfo
 
 if TYPE_CHECKING:  # only for the annotation: adbench.dataset is not needed at run time here
@@ -74,6 +75,9 @@ class RunContext:
               (``CategoryInfo``: texture or object, aligned or not), by name. Methods whose
               recipe depends on it read it here (CutPaste's per-location GDE is for aligned
               objects); empty when a detector is used outside the harness.
+    checkpoints: the job's resumable-training state (``adbench.training``): trained methods
+              run every training stage through ``checkpoints.phase(...)``. Outside the harness
+              it writes nothing.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -83,6 +87,7 @@ class RunContext:
     progress: bool = False
     workdir: Optional[str] = None
     categories: dict[str, CategoryInfo] = field(default_factory=dict)
+    checkpoints: Checkpointing = field(default_factory=Checkpointing)
 
     @property
     def allow_random_weights(self) -> bool:
@@ -110,6 +115,9 @@ class Detector(abc.ABC):
     produces_maps: ClassVar[bool] = True
     #: which protocols the method supports
     protocols: ClassVar[tuple[str, ...]] = ("single",)
+    #: version of the method's training code: bump it when training changes, so a checkpoint
+    #: written by the old code is not resumed by the new one
+    VERSION: ClassVar[int] = 1
 
     def __init__(self, config: MethodConfig, context: RunContext | None = None):
         self.config = config

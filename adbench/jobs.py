@@ -36,6 +36,9 @@ class Job:
     plugins: list[str] = field(default_factory=list)
     category_kinds: dict[str, str] = field(default_factory=dict)
     save_predictions: bool = False  # keep test outputs (adbench.predictions); not part of key()
+    # checkpoints inside the job (adbench.training); none of these is part of key()
+    checkpoint_path: Optional[str] = None  # None: no checkpoints
+    checkpoint_every: float = 600.0  # seconds between checkpoints (0: none)
 
     # --- identity ------------------------------------------------------------------------
     @property
@@ -64,6 +67,12 @@ class Job:
             self.config_hash,
             self.weights_tag,
         )
+
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint must have been written for to be resumed by this job."""
+        return {"method": self.method, "dataset": self.dataset, "categories": sorted(self.categories),
+                "seed": self.seed, "protocol": self.protocol, "config_hash": self.config_hash,
+                "weights": self.weights_tag}
 
     def record_name(self, category: str) -> str:
         """File name of the record of ``category`` (unique per job key and category)."""

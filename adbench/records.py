@@ -80,7 +80,9 @@ def base_record(job: Job, category: str, started: Optional[str] = None) -> dict[
         "weights_sha256": None,
         "n_parameters": None,
         "record_extras": {},
-        "fit_seconds": None,
+        "fit_seconds": None,  # every attempt of the job added up (a resumed job's earlier ones too)
+        "resumed_from": None,  # {phase, epoch, step, saved_at, fit_seconds_before} when resumed
+        "steps_this_attempt": None,  # optimiser steps run by this attempt
         "test_seconds": None,
         "predict_seconds": None,
         "test_throughput": None,

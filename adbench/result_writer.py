@@ -9,7 +9,9 @@ records come back to the run's process and pass through ``ResultWriter.accept``:
 2. saved predictions are written first, so a record never names a missing file;
 3. the record is written atomically; a failed attempt never replaces an ok record of the same
    job (``Store.write`` puts it beside it as ``<stem>.failed.json``, and the line says so);
-4. a write that fails (disk full, folder made read-only mid-run) raises ``ResultsWriteError``
+4. once a job's records are all written ok, its checkpoint is removed (``--keep-checkpoints``
+   keeps it: it is then the trained model); a failed job keeps its last one for the rerun;
+5. a write that fails (disk full, folder made read-only mid-run) raises ``ResultsWriteError``
    naming the file: the run stops cleanly, every record written before stays intact, and the
    same command resumes once the cause is fixed.
 """
@@ -26,8 +28,9 @@ from adbench.store import FAILED_SUFFIX, Store
 
 
 class ResultWriter:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, keep_checkpoints: bool = False):
         self.store = store
+        self.keep_checkpoints = keep_checkpoints
 
     def accept(self, job: Job, records: list[dict[str, Any]]) -> list[str]:
         """Check and write ``records`` of ``job``; returns notes for the user (e.g. where a
@@ -53,6 +56,12 @@ class ResultWriter:
             path = self.store.write(record)
             if path.name.endswith(FAILED_SUFFIX):
                 notes.append(f"{job.label}: kept the earlier ok record; this failed attempt is in {path.name}")
+        if job.checkpoint_path and not self.keep_checkpoints and all(r.get("status") == "ok" for r in records):
+            from pathlib import Path
+
+            from adbench.training.checkpoints import remove
+
+            remove(Path(job.checkpoint_path))  # its records are written: the checkpoint is done with
         return notes
 
 

@@ -47,6 +47,9 @@ class RunOptions:
     executor: str = "local"
     progress: bool = True
     save_predictions: bool = False
+    checkpoint_every: float = 600.0  # seconds between checkpoints inside a job; 0: none
+    checkpoint_dir: Optional[str] = None  # default: <results>/.checkpoints
+    keep_checkpoints: bool = False  # keep each job's final checkpoint (the trained model)
 
 
 @dataclass
@@ -144,6 +147,12 @@ def plan_run(opts: RunOptions) -> Plan:
     jobs = list({job.key(): job for job in jobs}.values())  # `--method a,a` runs a once
     store = Store(opts.results)
     store.check_writable()
+    if opts.checkpoint_every < 0:
+        raise ConfigError(f"--checkpoint-every {opts.checkpoint_every}: must be >= 0 (0 turns checkpoints off)")
+    ckpt_root = Path(opts.checkpoint_dir).expanduser().resolve() if opts.checkpoint_dir else store.root / ".checkpoints"
+    for job in jobs:
+        job.checkpoint_every = float(opts.checkpoint_every)
+        job.checkpoint_path = str(checkpoint_path(ckpt_root, job)) if opts.checkpoint_every > 0 else None
     if opts.rerun:
         todo, done = list(jobs), []
     else:
@@ -196,6 +205,15 @@ def resolve_configs(methods: list[str], opts: RunOptions, notes: Optional[list[s
         configs[method] = resolve_config(cls.Config, cls.PROFILES, opts.profile, overrides,
                                          method=method, strict=True, sources=sources)
     return configs
+
+
+def checkpoint_path(root: Path, job: Job) -> Path:
+    """``<root>/<dataset>/<method>/<record stem>.ckpt``: one checkpoint per job (a unified job
+    is named after its first category's record, which names the whole training set)."""
+    from adbench.store import _safe
+
+    stem = Path(job.record_name(job.categories[0])).stem
+    return Path(root) / _safe(job.dataset) / _safe(job.method) / f"{stem}.ckpt"
 
 
 def _with_profile(methods: list[str], profile: str, notes: list[str]) -> list[str]:
@@ -305,7 +323,7 @@ def run(opts: RunOptions, *, log=None) -> RunSummary:
 
     summary = RunSummary(plan=plan, records=[])
     bar = _grid_bar(len(plan.todo), opts.progress)
-    writer = ResultWriter(plan.store)
+    writer = ResultWriter(plan.store, keep_checkpoints=opts.keep_checkpoints)
     claims = ClaimBook(plan.store.root)
     claim_of = {}
 

@@ -114,9 +114,10 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
     config = resolve_config(method_cls.Config, {"paper": {}}, "paper", job.config, method=job.method)
     workdir = make_workdir()
     try:
+        checkpoints = make_checkpointing(job, method_cls, device)
         context = RunContext(device=device, seed=job.seed, weights=job.weights, profile=job.profile,
                              progress=job.progress, workdir=workdir,
-                             categories={c: indexes[c].info for c in job.categories})
+                             categories={c: indexes[c].info for c in job.categories}, checkpoints=checkpoints)
         detector = method_cls(config, context)
         preprocess = detector.preprocess()
         batch_size = int(getattr(config, "batch_size", 32))
@@ -127,7 +128,11 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
         detector.fit(train_loader)
         _sync(device)
-        fit_seconds = time.perf_counter() - t0
+        fit_seconds = checkpoints.fit_seconds_before + (time.perf_counter() - t0)  # every attempt
+        resumed = checkpoints.resumed
+        resumed_from = None if resumed is None else {
+            "phase": resumed.phase, "epoch": resumed.epoch, "step": resumed.step, "saved_at": resumed.saved_at,
+            "fit_seconds_before": resumed.fit_seconds_before, "final": resumed.final}
 
         records = []
         for category in job.categories:
@@ -146,6 +151,8 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
                 record_extras=storable_extras(detector),
                 device=str(device),
                 fit_seconds=round(fit_seconds, 3),
+                resumed_from=resumed_from,
+                steps_this_attempt=checkpoints.steps_this_attempt,
                 n_train_images=len(train),
                 torch_threads=threads,
             )
@@ -159,6 +166,23 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
         return records
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def make_checkpointing(job: Job, method_cls, device):
+    """The job's ``Checkpointing``: a file at ``job.checkpoint_path`` unless checkpoints are off
+    (no path, or ``--checkpoint-every 0``). NaN checks run every step on CPU (free) and every
+    50 steps on a GPU (each check waits for the device)."""
+    from pathlib import Path
+
+    from adbench.training import Checkpointing
+    from adbench.training.checkpoints import CheckpointFile
+
+    every = float(job.checkpoint_every or 0)
+    file = None
+    if job.checkpoint_path and every > 0:
+        file = CheckpointFile(Path(job.checkpoint_path), job.identity(), int(getattr(method_cls, "VERSION", 1)))
+    return Checkpointing(file=file, every_seconds=every, seed=job.seed,
+                         check_every_steps=1 if device.type == "cpu" else 50)
 
 
 def _evaluate(detector, loader, device, method_cls, evaluator_cls, category: str,

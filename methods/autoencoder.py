@@ -135,6 +135,7 @@ def denormalise(x: torch.Tensor) -> torch.Tensor:
 class Autoencoder(Detector):
     """U-Net autoencoder trained to reconstruct normal images; anomaly = reconstruction error."""
 
+    VERSION = 2  # 2: resumable training, data order by (seed, epoch)
     Config = AutoencoderConfig
     PROFILES = {
         "paper": {},
@@ -172,29 +173,34 @@ class Autoencoder(Detector):
         return loss
 
     def fit(self, train_loader: Iterable[Batch]) -> None:
+        """Adam on the reconstruction loss of normal images, resumable (``adbench.training``)."""
         c = self.config
-        images = load_all_images(train_loader)  # uint8 [N, 3, H, W]: decode files once
-        steps_per_epoch = max(1, math.ceil(len(images) / c.batch_size))
-        epochs = c.epochs if c.max_steps is None else max(1, min(c.epochs, c.max_steps // steps_per_epoch))
-        self.epochs_run = epochs  # quick caps steps so large training sets cost what small ones do
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-        generator = torch.Generator().manual_seed(self.context.seed)
-        self.model.train()
-        bar = tqdm(range(epochs), desc="autoencoder", disable=not self.context.progress)
-        for _ in bar:
-            order = torch.randperm(len(images), generator=generator)
-            total, count = 0.0, 0
-            for start in range(0, len(order), c.batch_size):
-                idx = order[start : start + c.batch_size]
-                x = normalise(images[idx].to(self.device).float() / 255.0)
-                loss = self.reconstruction_loss(self.model(x), x)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(idx)
-                count += len(idx)
-            self.loss_history.append(total / max(count, 1))
-            bar.set_postfix(loss=f"{self.loss_history[-1]:.4f}")
+        checkpoints = self.context.checkpoints
+        if checkpoints.finished("train"):  # trained in an earlier attempt: no data needed
+            phase = checkpoints.phase("train", modules={"model": self.model})
+        else:
+            images = load_all_images(train_loader)  # uint8 [N, 3, H, W]: decode files once
+            steps_per_epoch = max(1, math.ceil(len(images) / c.batch_size))
+            # quick caps steps so large training sets cost what small ones do
+            epochs = c.epochs if c.max_steps is None else max(1, min(c.epochs, c.max_steps // steps_per_epoch))
+            optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+            self.model.train()
+            phase = checkpoints.phase("train", modules={"model": self.model}, optimizers={"adam": optimizer})
+            bar = tqdm(phase.epochs(epochs), total=epochs, initial=phase.epoch, desc="autoencoder",
+                       disable=not self.context.progress)
+            for epoch in bar:
+                for idx in phase.batches(epoch, len(images), c.batch_size):
+                    x = normalise(images[idx].to(self.device).float() / 255.0)
+                    loss = self.reconstruction_loss(self.model(x), x)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    phase.step_done(loss, len(idx))
+                bar.set_postfix(loss=f"{phase.epoch_done():.4f}")
+            phase.finish()
+            checkpoints.training_done()
+        self.epochs_run = len(phase.history)
+        self.loss_history = list(phase.history)
         self.model.eval()
 
     @torch.no_grad()

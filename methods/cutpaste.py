@@ -344,10 +344,12 @@ class CutPasteTrainer:
     ``seed`` (default: the job's) seeds the augmentation stream (an ensemble member's own seed).
     """
 
-    def __init__(self, config: CutPasteConfig, context, crop: Optional[int] = None, seed: Optional[int] = None):
+    def __init__(self, config: CutPasteConfig, context, crop: Optional[int] = None, seed: Optional[int] = None,
+                 name: str = ""):
         self.config = config
         self.context = context
         self.crop = crop
+        self.name = name  # prefix of this network's checkpoint phases (an ensemble member's own)
         self.seed = int(context.seed if seed is None else seed)
         self.sampler = CutPasteSampler(config.mode, jitter=config.patch_jitter, area_ratio=tuple(config.area_ratio),
                                        scar_width=tuple(config.scar_width), scar_length=tuple(config.scar_length),
@@ -378,12 +380,22 @@ class CutPasteTrainer:
             return augment_inputs(images.float() / 255.0, self.rng, 0.0, self.config.input_jitter)
         return augment_inputs(images.float() / 255.0, self.rng, self.config.translate, self.config.input_jitter)
 
-    def _phase(self, data: torch.Tensor, epochs: int, lr: float, head_only: bool, desc: str) -> None:
+    def _phase(self, data: Optional[torch.Tensor], epochs: int, lr: float, head_only: bool, desc: str) -> None:
+        """One training phase (head only, or all layers), resumable: checkpoint phase
+        ``<name>head`` / ``<name>full`` (``adbench.training``). ``data`` may be None when the
+        phase finished in an earlier attempt."""
         cfg = self.config
         steps = epochs * cfg.steps_per_epoch
         if steps <= 0:
             return
         net = self.net
+        checkpoints = self.context.checkpoints
+        phase_name = self.name + ("head" if head_only else "full")
+        generators = {"augment": self.rng}
+        if checkpoints.finished(phase_name):
+            phase = checkpoints.phase(phase_name, modules={"net": net}, generators=generators)
+            self.history += phase.extra_state.get("history", [])
+            return
         for p in net.encoder.parameters():
             p.requires_grad_(not head_only)
         frozen_bn = cfg.freeze_bn and not head_only
@@ -395,8 +407,11 @@ class CutPasteTrainer:
         opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
         device = self.context.device
-        bar = tqdm(range(steps), desc=desc, disable=not self.context.progress)
-        started = time.perf_counter()
+        phase = checkpoints.phase(phase_name, modules={"net": net}, optimizers={"sgd": opt},
+                                  schedulers={"cosine": sched}, generators=generators)
+        history = phase.extra_state.setdefault("history", [])
+        bar = tqdm(phase.steps(steps), total=steps, initial=phase.step, desc=desc, disable=not self.context.progress)
+        started, first = time.perf_counter(), phase.step
         for step in bar:
             net.train()
             if head_only:
@@ -414,17 +429,30 @@ class CutPasteTrainer:
                 opt.step()
             sched.step()
             acc = float((logits.argmax(1) == labels).float().mean())
-            self.history.append({"phase": desc, "step": step, "loss": float(loss.detach()), "acc": acc})
+            history.append({"phase": desc, "step": step, "loss": float(loss.detach()), "acc": acc})
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}", acc=f"{acc:.2f}")
-        self.seconds_per_step = (time.perf_counter() - started) / steps
+            phase.step_done(loss)
+        ran = phase.step - first
+        self.seconds_per_step = (time.perf_counter() - started) / ran if ran else None
+        phase.finish()
+        self.history += history
         for p in net.encoder.parameters():
             p.requires_grad_(True)
 
-    def train(self, data: torch.Tensor) -> None:
-        """``data``: uint8 [N, 3, H, W] training images."""
+    def trained_before(self) -> bool:
+        """Whether every training phase of this network finished in an earlier attempt."""
         cfg = self.config
-        if len(data) == 0:
+        names = [self.name + "full"] if cfg.epochs > 0 else []
+        if cfg.head_only_epochs > 0:
+            names.append(self.name + "head")
+        checkpoints = self.context.checkpoints
+        return bool(names) and all(checkpoints.finished(n) for n in names)
+
+    def train(self, data: Optional[torch.Tensor]) -> None:
+        """``data``: uint8 [N, 3, H, W] training images (None: trained in an earlier attempt)."""
+        cfg = self.config
+        if data is not None and len(data) == 0:
             raise DataError("CutPaste: empty training set")
         self._phase(data, cfg.head_only_epochs, cfg.lr, head_only=True, desc="cutpaste head")
         lr = cfg.finetune_lr if cfg.head_only_epochs > 0 else cfg.lr
@@ -474,6 +502,7 @@ class CutPaste(Detector):
     ``feature_level`` (table 3), ``ensemble`` (table 1 "Ensemble").
     """
 
+    VERSION = 2  # 2: resumable training phases
     Config = CutPasteConfig
     PROFILES = {
         "paper": {},
@@ -521,11 +550,12 @@ class CutPaste(Detector):
             seed = int(self.context.seed) + i
             if i > 0:
                 torch.manual_seed(seed)
-            trainer = CutPasteTrainer(cfg, self.context, seed=seed)
-            trainer.train(data)
+            trainer = CutPasteTrainer(cfg, self.context, seed=seed, name=f"m{i}/" if cfg.ensemble > 1 else "")
+            trainer.train(data)  # resumable: a finished network is restored, not trained again
             feats = torch.cat([trainer.embed(data[j : j + 64].float() / 255.0) for j in range(0, len(data), 64)])
             gde = GaussianDensity(l2_normalize=cfg.gde_l2_normalize).fit(feats)
             self.members.append(Member(seed, trainer, gde))
+        self.context.checkpoints.training_done()
         self.trainer, self.gde = self.members[0].trainer, self.members[0].gde
 
     @torch.no_grad()

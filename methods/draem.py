@@ -463,6 +463,7 @@ def effective_epochs(epochs: int, max_steps: Optional[int], n_images: int, batch
 class DRAEM(Detector):
     """Reconstructive + discriminative sub-networks trained on Perlin texture anomalies."""
 
+    VERSION = 2  # 2: resumable training, data order by (seed, epoch)
     Config = DRAEMConfig
     PROFILES = {
         "paper": {},
@@ -500,33 +501,42 @@ class DRAEM(Detector):
                 + focal_loss(logits, mask, gamma=self.config.focal_gamma))
 
     def fit(self, train_loader: Iterable[Batch]) -> None:
+        """Adam on L2 + SSIM + focal over synthetic anomalies, resumable (``adbench.training``):
+        a rerun continues from the last checkpoint, mid-epoch if need be, with the same data
+        order and anomalies as an uninterrupted run (same seed and threads, on CPU)."""
         c = self.config
-        images = load_all_images(train_loader)  # uint8 [N, 3, H, W]; augmented anew every step
-        self.epochs_run = epochs = effective_epochs(c.epochs, c.max_steps, len(images), c.batch_size)
-        params = list(self.reconstructive.parameters()) + list(self.discriminative.parameters())
-        optimizer = torch.optim.Adam(params, lr=c.lr)
-        milestones = sorted({max(1, int(round(f * epochs))) for f in c.lr_milestones})
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=c.lr_gamma)
-        shuffle = torch.Generator().manual_seed(self.context.seed)
-        rng = np.random.default_rng(self.context.seed)
-        self.reconstructive.train()
-        self.discriminative.train()
-        bar = tqdm(range(epochs), desc="draem", disable=not self.context.progress)
-        for _ in bar:
-            order = torch.randperm(len(images), generator=shuffle)
-            total, count = 0.0, 0
-            for start in range(0, len(order), c.batch_size):
-                idx = order[start : start + c.batch_size]
-                normal, augmented, mask = (t.to(self.device) for t in self.sampler.batch(images[idx], rng))
-                loss = self.training_loss(normal, augmented, mask)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(idx)
-                count += len(idx)
-            scheduler.step()
-            self.loss_history.append(total / max(count, 1))
-            bar.set_postfix(loss=f"{self.loss_history[-1]:.4f}")
+        modules = {"reconstructive": self.reconstructive, "discriminative": self.discriminative}
+        checkpoints = self.context.checkpoints
+        if checkpoints.finished("train"):  # trained in an earlier attempt: no data needed
+            phase = checkpoints.phase("train", modules=modules)
+        else:
+            images = load_all_images(train_loader)  # uint8 [N, 3, H, W]; augmented anew every step
+            epochs = effective_epochs(c.epochs, c.max_steps, len(images), c.batch_size)
+            params = list(self.reconstructive.parameters()) + list(self.discriminative.parameters())
+            optimizer = torch.optim.Adam(params, lr=c.lr)
+            milestones = sorted({max(1, int(round(f * epochs))) for f in c.lr_milestones})
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=c.lr_gamma)
+            rng = np.random.default_rng(self.context.seed)  # the synthetic anomalies
+            self.reconstructive.train()
+            self.discriminative.train()
+            phase = checkpoints.phase("train", modules=modules, optimizers={"adam": optimizer},
+                                      schedulers={"lr": scheduler}, generators={"anomalies": rng})
+            bar = tqdm(phase.epochs(epochs), total=epochs, initial=phase.epoch, desc="draem",
+                       disable=not self.context.progress)
+            for epoch in bar:
+                for idx in phase.batches(epoch, len(images), c.batch_size):
+                    normal, augmented, mask = (t.to(self.device) for t in self.sampler.batch(images[idx], rng))
+                    loss = self.training_loss(normal, augmented, mask)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    phase.step_done(loss, len(idx))
+                scheduler.step()
+                bar.set_postfix(loss=f"{phase.epoch_done():.4f}")
+            phase.finish()
+            checkpoints.training_done()
+        self.epochs_run = len(phase.history)
+        self.loss_history = list(phase.history)
         self.reconstructive.eval()
         self.discriminative.eval()
 

@@ -64,7 +64,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from adbench.components.feature_cache import epoch_feature_batches, train_on_feature_batches
+from adbench.components.feature_cache import train_on_features
 from adbench.config import MethodConfig
 from adbench.data import Batch
 from adbench.detector import Detector, Prediction
@@ -157,6 +157,7 @@ def anomaly_map(zs: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tens
 class FastFlow(Detector):
     """Per-scale 2D normalising flows on frozen CNN features (see module docstring)."""
 
+    VERSION = 2  # 2: resumable training, data order by (seed, epoch)
     Config = FastFlowConfig
     PROFILES = {
         "paper": {},
@@ -204,13 +205,11 @@ class FastFlow(Detector):
         self.backbone.eval()
         self.norms.train()
         self.flows.train()
-        epochs = epoch_feature_batches(
-            self.backbone, train_loader, cache=cfg.cache_features, batch_size=cfg.batch_size,
-            seed=self.context.seed, device=self.device,
-        )
-        self.loss_history += train_on_feature_batches(
-            epochs, lambda feats: flow_nll(*self._flow(feats)), optimizer, cfg.epochs,
-            desc="fastflow", progress=self.context.progress, loss_format=".1f",
+        self.loss_history = train_on_features(
+            self.backbone, train_loader, lambda feats: flow_nll(*self._flow(feats)),
+            checkpoints=self.context.checkpoints, modules={"norms": self.norms, "flows": self.flows},
+            optimizer=optimizer, epochs=cfg.epochs, cache=cfg.cache_features, batch_size=cfg.batch_size,
+            device=self.device, desc="fastflow", progress=self.context.progress, loss_format=".1f",
         )
         self.norms.eval()
         self.flows.eval()

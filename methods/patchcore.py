@@ -209,6 +209,7 @@ class PatchCoreConfig(MethodConfig):
 class PatchCore(Detector):
     """Nearest-neighbour distance to a coreset of locally aggregated ImageNet patch features."""
 
+    VERSION = 2  # 2: the memory bank is the job's checkpoint
     Config = PatchCoreConfig
     PROFILES = {
         "paper": {},
@@ -265,6 +266,20 @@ class PatchCore(Detector):
 
     # --- 2. memory bank ---------------------------------------------------------------------
     def fit(self, train_loader: Iterable[Batch]) -> None:
+        """Build the memory bank. It is the job's checkpoint (phase ``memory_bank``): a job
+        killed while it scores resumes without embedding a training image again."""
+        checkpoints = self.context.checkpoints
+        if checkpoints.finished("memory_bank"):
+            saved = checkpoints.phase("memory_bank").extra_state
+            self.bank, self.grid, self.facts = saved["bank"], tuple(saved["grid"]), dict(saved["facts"])
+        else:
+            self._build_bank(train_loader)
+            checkpoints.phase("memory_bank").finish(
+                extra={"bank": self.bank, "grid": list(self.grid), "facts": self.facts})
+            checkpoints.training_done()
+        self.knn = NearestNeighbours(self.bank, device=self.device)
+
+    def _build_bank(self, train_loader: Iterable[Batch]) -> None:
         cfg = self.config
         t0 = time.perf_counter()
         train_batches, subsample = self._training_subset(train_loader)
@@ -284,7 +299,6 @@ class PatchCore(Detector):
             t2 = time.perf_counter()
         finally:
             store.close()
-        self.knn = NearestNeighbours(self.bank, device=self.device)
         self.facts = {
             "grid": list(self.grid),
             "candidates": int(store.count),

@@ -86,7 +86,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from adbench.components.blur import gaussian_blur
-from adbench.components.feature_cache import epoch_feature_batches, train_on_feature_batches
+from adbench.components.feature_cache import train_on_features
 from adbench.config import MethodConfig
 from adbench.data import Batch
 from adbench.detector import Detector, Prediction
@@ -288,6 +288,7 @@ def official_init(module: nn.Module) -> None:
 class ReverseDistillation(Detector):
     """Teacher-student reverse distillation with a one-class bottleneck (see module docstring)."""
 
+    VERSION = 2  # 2: resumable training, data order by (seed, epoch)
     Config = ReverseDistillationConfig
     PROFILES = {
         "paper": {},
@@ -338,13 +339,11 @@ class ReverseDistillation(Detector):
         self.teacher.eval()
         self.bottleneck.train()
         self.student.train()
-        epochs = epoch_feature_batches(
-            self.teacher, train_loader, cache=cfg.cache_features, batch_size=cfg.batch_size,
-            seed=self.context.seed, device=self.device,
-        )
-        self.loss_history += train_on_feature_batches(
-            epochs, lambda feats: distillation_loss(feats, self._student(feats), cfg.loss), optimizer, cfg.epochs,
-            desc="reverse_distillation", progress=self.context.progress, loss_format=".4f",
+        self.loss_history = train_on_features(
+            self.teacher, train_loader, lambda feats: distillation_loss(feats, self._student(feats), cfg.loss),
+            checkpoints=self.context.checkpoints, modules={"bottleneck": self.bottleneck, "student": self.student},
+            optimizer=optimizer, epochs=cfg.epochs, cache=cfg.cache_features, batch_size=cfg.batch_size,
+            device=self.device, desc="reverse_distillation", progress=self.context.progress, loss_format=".4f",
         )
         self.bottleneck.eval()
         self.student.eval()

@@ -263,6 +263,7 @@ class _PickLayers(nn.Module):
 class ToCoAD(PatchCore):
     """DNP + NCL fine-tuning of the extractor, then PatchCore with eq. 8-9 patch re-weighting."""
 
+    VERSION = 2  # 2: resumable stages, data order by (seed, stage, epoch)
     Config = ToCoADConfig
     PROFILES = {
         "paper": {},
@@ -295,6 +296,7 @@ class ToCoAD(PatchCore):
             self.trainer = ToCoADTrainer(
                 cfg, weights=self.context.weights, allow_random_fallback=self.context.allow_random_weights,
                 device=self.device, seed=self.context.seed, progress=self.context.progress,
+                checkpoints=self.context.checkpoints,
             )
             # PatchCore's frozen extractor is replaced by the (to be fine-tuned) F
             self.backbone = _PickLayers(self.trainer.F, self.trainer.pick_bank)
@@ -303,10 +305,15 @@ class ToCoAD(PatchCore):
 
     # --- training: stages I and II, then PatchCore's memory bank on F ---------------------
     def fit(self, train_loader: Iterable[Batch]) -> None:
+        """Stages I and II on F (each resumable), then PatchCore's memory bank on F (the job's
+        final checkpoint: a resumed job embeds no training image again)."""
         cfg = self.config
         if self.trainer is not None:
-            images = load_all_images(train_loader)
-            if len(images) < 2:
+            checkpoints = self.context.checkpoints
+            stages = ("dnp", "ncl") if cfg.stages == "both" else ("ncl",)
+            trained = all(checkpoints.finished(s) for s in stages)
+            images = None if trained else load_all_images(train_loader)
+            if images is not None and len(images) < 2:
                 raise DataError("tocoad: stages I/II need at least 2 training images")
             t0 = time.perf_counter()
             if cfg.stages == "both":
@@ -323,8 +330,10 @@ class ToCoAD(PatchCore):
                 "dnp_loss_first_last": [round(h["dnp_loss"][0], 4), round(h["dnp_loss"][-1], 4)] if h["dnp_loss"] else None,
                 "ncl_sym_first_last": [round(h["ncl_sym"][0], 4), round(h["ncl_sym"][-1], 4)] if h["ncl_sym"] else None,
                 "ncl_neg_first_last": [round(h["ncl_neg"][0], 4), round(h["ncl_neg"][-1], 4)] if h["ncl_neg"] else None,
-                "projector_spread": [round(v, 4) for v in self.trainer.projector_spread(images[: cfg.batch_size])],
             }
+            if images is not None:
+                self.train_facts["projector_spread"] = [
+                    round(v, 4) for v in self.trainer.projector_spread(images[: cfg.batch_size])]
             del images
         super().fit(train_loader)
         if cfg.reweight_per_patch:

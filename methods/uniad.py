@@ -141,6 +141,7 @@ class UniADConfig(MethodConfig):
 class UniAD(Detector):
     """Transformer reconstruction of frozen multi-scale features; see the module docstring."""
 
+    VERSION = 2  # 2: resumable training, data order by (seed, epoch)
     Config = UniADConfig
     PROFILES = {
         "paper": {},
@@ -205,31 +206,41 @@ class UniAD(Detector):
 
     # --- training ------------------------------------------------------------------------------
     def fit(self, train_loader: Iterable[Batch]) -> None:
+        """AdamW on the feature-reconstruction MSE, resumable (``adbench.training``); the
+        feature jitter and dropout draw from torch's generator, which checkpoints capture."""
         cfg = self.config
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step_epoch, gamma=cfg.lr_gamma)
-        cached = self._cache_features(train_loader)
-        generator = torch.Generator().manual_seed(int(self.context.seed))
-        bar = tqdm(range(cfg.epochs), desc="uniad", unit="epoch", disable=not self.context.progress)
-        for _ in bar:
-            self.model.train()
-            total, count = 0.0, 0
-            for feats in self._epoch_batches(cached, train_loader, generator):
-                rec = self.model(feats)
-                loss = F.mse_loss(rec, feats)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                total += float(loss.detach()) * len(feats)
-                count += len(feats)
-            scheduler.step()
-            if count == 0:
+        checkpoints = self.context.checkpoints
+        if checkpoints.finished("train"):  # trained in an earlier attempt: no features needed
+            phase = checkpoints.phase("train", modules={"model": self.model})
+        else:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step_epoch, gamma=cfg.lr_gamma)
+            cached = self._cache_features(train_loader)
+            n = len(cached) if cached is not None else len(getattr(train_loader, "dataset", ()) or ())
+            if n == 0:
                 raise ValueError("uniad: the training loader yielded no images")
-            self.loss_history.append(total / count)
-            bar.set_postfix(loss=f"{self.loss_history[-1]:.4f}")
+            phase = checkpoints.phase("train", modules={"model": self.model}, optimizers={"adamw": optimizer},
+                                      schedulers={"lr": scheduler})
+            bar = tqdm(phase.epochs(cfg.epochs), total=cfg.epochs, initial=phase.epoch, desc="uniad", unit="epoch",
+                       disable=not self.context.progress)
+            for epoch in bar:
+                self.model.train()
+                for feats in self._epoch_batches(phase, epoch, cached, train_loader):
+                    rec = self.model(feats)
+                    loss = F.mse_loss(rec, feats)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                    optimizer.step()
+                    phase.step_done(loss, len(feats))
+                scheduler.step()
+                bar.set_postfix(loss=f"{phase.epoch_done():.4f}")
+            phase.finish(extra={"train_categories": list(self.train_categories)})
+            checkpoints.training_done()
+        self.train_categories = list(phase.extra_state.get("train_categories", self.train_categories))
+        self.loss_history = list(phase.history)
         self.model.eval()
 
     def _cache_features(self, train_loader) -> Optional[torch.Tensor]:
@@ -252,16 +263,15 @@ class UniAD(Detector):
             if name not in self.train_categories:
                 self.train_categories.append(name)
 
-    def _epoch_batches(self, cached, train_loader, generator):
+    def _epoch_batches(self, phase, epoch: int, cached, train_loader):
+        """One epoch of feature batches in the phase's order: from the RAM cache, or streamed."""
         if cached is None:
-            for batch in train_loader:
+            for batch in phase.loader_batches(train_loader, epoch):
                 self._note_categories(batch)
                 yield self.features(batch.images)
             return
-        order = torch.randperm(len(cached), generator=generator)
-        size = self.config.batch_size
-        for start in range(0, len(order), size):
-            yield cached[order[start : start + size].to(cached.device)]
+        for idx in phase.batches(epoch, len(cached), self.config.batch_size):
+            yield cached[idx.to(cached.device)]
 
     # --- scoring -------------------------------------------------------------------------------
     @torch.no_grad()

@@ -15,7 +15,7 @@ cache by default.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
@@ -54,67 +54,56 @@ class FeatureCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.layers)
 
-    def batches(
-        self, batch_size: int, generator: torch.Generator, device: torch.device
-    ) -> Iterator[list[torch.Tensor]]:
-        """One epoch: a seeded shuffle, then batches of ``batch_size`` (last one may be short,
-        like the harness's train loaders)."""
-        order = torch.randperm(len(self), generator=generator)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            yield [t[idx].to(device, torch.float32) for t in self.layers]
+    def take(self, idx: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+        """The cached maps of training images ``idx``, as float32 on ``device``."""
+        return [t[idx].to(device, torch.float32) for t in self.layers]
 
 
-def epoch_feature_batches(
+def train_on_features(
     backbone: Callable[[torch.Tensor], list[torch.Tensor]],
-    train_loader: Iterable[Batch],
-    *,
-    cache: bool,
-    batch_size: int,
-    seed: int,
-    device: torch.device,
-) -> Callable[[], Iterator[list[torch.Tensor]]]:
-    """A callable yielding one epoch of frozen-backbone feature batches.
-
-    With ``cache`` the features are computed once and replayed in a seeded shuffle each epoch
-    (valid because the backbone is frozen and the method uses no image augmentation);
-    without it they are recomputed from the loader every epoch.
-    """
-    if not cache:
-        return lambda: (backbone(b.images.to(device)) for b in train_loader)
-    store = FeatureCache.build(backbone, train_loader, device)
-    generator = torch.Generator().manual_seed(int(seed))
-    return lambda: store.batches(batch_size, generator, device)
-
-
-def train_on_feature_batches(
-    epoch_batches: Callable[[], Iterator[list[torch.Tensor]]],
+    train_loader,
     loss_fn: Callable[[list[torch.Tensor]], torch.Tensor],
+    *,
+    checkpoints,
+    modules: dict[str, torch.nn.Module],
     optimizer: torch.optim.Optimizer,
     epochs: int,
-    *,
+    cache: bool,
+    batch_size: int,
+    device: torch.device,
     desc: str,
     progress: bool,
     loss_format: str = ".4f",
 ) -> list[float]:
-    """Plain epochs of SGD steps on feature batches; returns the per-epoch mean loss.
+    """Epochs of "frozen-backbone features -> loss -> step", resumable; returns the per-epoch
+    mean loss (weighted by batch size).
 
-    Shared by the feature-reconstruction methods (Reverse Distillation, FastFlow) whose whole
-    training loop is "features -> loss -> step"; the mean is weighted by batch size.
+    Shared by the feature-reconstruction methods (Reverse Distillation, FastFlow). With
+    ``cache`` the features are computed once and replayed each epoch in the phase's seeded order
+    (valid because the backbone is frozen and the method uses no image augmentation); without
+    it each epoch streams the loader in that same order. Either way a resumed run continues at
+    the saved epoch and step (``adbench.training``); a finished training needs no features.
     """
     from tqdm.auto import tqdm
 
-    history: list[float] = []
-    bar = tqdm(range(epochs), desc=desc, disable=not progress)
-    for _ in bar:
-        total, count = 0.0, 0
-        for feats in epoch_batches():
+    if checkpoints.finished("train"):
+        return list(checkpoints.phase("train", modules=modules).history)
+    store = FeatureCache.build(backbone, train_loader, device) if cache else None
+    phase = checkpoints.phase("train", modules=modules, optimizers={"optimizer": optimizer})
+    n = len(store) if store is not None else 0  # streamed: the loader knows its length
+    bar = tqdm(phase.epochs(epochs), total=epochs, initial=phase.epoch, desc=desc, disable=not progress)
+    for epoch in bar:
+        if store is not None:
+            batches = (store.take(idx, device) for idx in phase.batches(epoch, n, batch_size))
+        else:
+            batches = (backbone(b.images.to(device)) for b in phase.loader_batches(train_loader, epoch))
+        for feats in batches:
             loss = loss_fn(feats)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(feats[0])
-            count += len(feats[0])
-        history.append(total / max(count, 1))
-        bar.set_postfix(loss=f"{history[-1]:{loss_format}}")
-    return history
+            phase.step_done(loss, len(feats[0]))
+        bar.set_postfix(loss=f"{phase.epoch_done():{loss_format}}")
+    phase.finish()
+    checkpoints.training_done()
+    return list(phase.history)

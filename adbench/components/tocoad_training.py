@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from adbench.components.backbone import Backbone
+from adbench.training import Checkpointing
 from adbench.components.losses import focal_loss
 from adbench.components.synth import (TextureSource, cutmix, cutout, cutpaste, nsa_patch, numpy_rng,
                                       perlin_texture_anomaly)
@@ -120,16 +121,21 @@ class AnomalyGenerator:
 class ToCoADTrainer:
     """F, D and C plus the two training stages. ``cfg`` is a ``ToCoADConfig``.
 
-    Randomness: batch order from ``self.gen`` (torch), synthetic anomalies from ``self.rng``
-    (numpy), SimSiam views from ``self.view_gen`` (torch), all three seeded from the job seed,
-    never from global state (F, D and C are initialised from torch's global generator, which
-    the runner seeds).
+    Randomness: batch order from each stage's ``Phase`` (seeded by job seed, stage and epoch),
+    synthetic anomalies from ``self.rng`` (numpy), SimSiam views from ``self.view_gen`` (torch),
+    seeded from the job seed, never from global state (F, D and C are initialised from torch's
+    global generator, which the runner seeds).
+
+    Both stages are resumable (``adbench.training``): ``checkpoints`` (the job's) saves them as
+    phases ``dnp`` and ``ncl``; a resumed job skips a finished stage and continues the other at
+    its saved epoch and step.
     """
 
     def __init__(self, cfg, *, weights=None, allow_random_fallback: bool = False,
-                 device: torch.device = torch.device("cpu"), seed: int = 0, progress: bool = False):
+                 device: torch.device = torch.device("cpu"), seed: int = 0, progress: bool = False,
+                 checkpoints: Optional[Checkpointing] = None):
         self.cfg, self.device, self.progress = cfg, device, progress
-        self.gen = torch.Generator().manual_seed(int(seed))
+        self.checkpoints = checkpoints if checkpoints is not None else Checkpointing(seed=int(seed))
         self.rng = np.random.default_rng(int(seed))
         self.view_gen = torch.Generator().manual_seed(int(seed) + 1)
         self.with_dnp = getattr(cfg, "stages", "both") == "both"
@@ -184,16 +190,10 @@ class ToCoADTrainer:
         feats = self.F(images.to(self.device))
         return self.discriminate(feats, images.shape[-2:]).softmax(dim=1)[:, 1]
 
-    def _batches(self, n: int, steps: Optional[int]):
-        order = torch.randperm(n, generator=self.gen)
-        bs = int(self.cfg.batch_size)
-        starts = list(range(0, n, bs))
-        if steps is not None:
-            starts = starts[: max(1, int(steps))]
-        for s in starts:
-            idx = order[s : s + bs]
-            if len(idx) >= 2:  # batch-norm in D / C needs two samples
-                yield idx
+    def _batches(self, phase, epoch: int, n: int):
+        """The stage's batches of one epoch (at most ``steps_per_epoch``; a last batch of one
+        image is dropped: batch-norm in D and C needs two samples)."""
+        return phase.batches(epoch, n, int(self.cfg.batch_size), min_batch=2, max_steps=self.cfg.steps_per_epoch)
 
     @staticmethod
     def _float(images_u8: torch.Tensor) -> torch.Tensor:
@@ -209,26 +209,39 @@ class ToCoADTrainer:
             feats = self.F(syn)
         return self.dis_criterion(self.discriminate(feats, syn.shape[-2:]), masks)
 
-    def fit_dnp(self, images: torch.Tensor, epochs: Optional[int] = None) -> None:
-        """Train D on synthetic anomalies with F frozen. ``images``: uint8/float [N, 3, H, W]."""
+    def fit_dnp(self, images: Optional[torch.Tensor], epochs: Optional[int] = None) -> None:
+        """Train D on synthetic anomalies with F frozen. ``images``: uint8/float [N, 3, H, W]
+        (None when the stage finished in an earlier attempt)."""
         cfg = self.cfg
         epochs = cfg.dnp_epochs if epochs is None else epochs
-        self.set_extractor_trainable(False)
-        opt = torch.optim.Adam(self.D.parameters(), lr=cfg.dnp_lr)
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(m) for m in cfg.dnp_milestones], cfg.dnp_gamma)
-        self.D.train()
-        for epoch in tqdm(range(epochs), desc="ToCoAD stage I (DNP)", disable=not self.progress):
-            t0, losses = time.perf_counter(), []
-            for idx in self._batches(len(images), cfg.steps_per_epoch):
-                loss = self.dnp_loss(self._float(images[idx]))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
-            sched.step()
-            self.history["dnp_loss"].append(float(np.mean(losses)) if losses else float("nan"))
-            self.history["dnp_epoch_s"].append(time.perf_counter() - t0)
-        opt.zero_grad(set_to_none=True)
+        generators = {"anomalies": self.rng}
+        if self.checkpoints.finished("dnp"):
+            phase = self.checkpoints.phase("dnp", modules={"D": self.D}, generators=generators)
+        else:
+            self.set_extractor_trainable(False)
+            opt = torch.optim.Adam(self.D.parameters(), lr=cfg.dnp_lr)
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(m) for m in cfg.dnp_milestones], cfg.dnp_gamma)
+            self.D.train()
+            phase = self.checkpoints.phase("dnp", modules={"D": self.D}, optimizers={"adam": opt},
+                                           schedulers={"lr": sched}, generators=generators)
+            seconds = phase.extra_state.setdefault("epoch_s", [])
+            for epoch in tqdm(phase.epochs(epochs), total=epochs, initial=phase.epoch, desc="ToCoAD stage I (DNP)",
+                              disable=not self.progress):
+                t0 = time.perf_counter()
+                for idx in self._batches(phase, epoch, len(images)):
+                    loss = self.dnp_loss(self._float(images[idx]))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    phase.step_done(loss, len(idx))
+                sched.step()
+                phase.epoch_done()
+                seconds.append(time.perf_counter() - t0)
+            opt.zero_grad(set_to_none=True)
+            phase.finish()
+            self.checkpoints.save()  # the stage boundary: a kill in stage II does not redo stage I
+        self.history["dnp_loss"] = list(phase.history)
+        self.history["dnp_epoch_s"] = list(phase.extra_state.get("epoch_s", []))
         self.D.eval()
 
     # --- stage II: negative-guided contrastive learning -------------------------------------
@@ -298,16 +311,45 @@ class ToCoADTrainer:
             self.F_target = copy.deepcopy(self.F).eval()
             for p in self.F_target.parameters():
                 p.requires_grad_(False)
-        params = self.ncl_parameters()
-        opt = torch.optim.SGD(params, lr=cfg.ncl_lr, momentum=cfg.ncl_momentum, weight_decay=cfg.ncl_weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-        for epoch in tqdm(range(epochs), desc="ToCoAD stage II (NCL)", disable=not self.progress):
+        modules = {"F": self.F, "C": self.C}
+        if self.F_target is not None:
+            modules["F_target"] = self.F_target
+        generators = {"anomalies": self.rng, "views": self.view_gen}
+        if self.checkpoints.finished("ncl"):
+            phase = self.checkpoints.phase("ncl", modules=modules, generators=generators)
+        else:
+            params = self.ncl_parameters()
+            opt = torch.optim.SGD(params, lr=cfg.ncl_lr, momentum=cfg.ncl_momentum, weight_decay=cfg.ncl_weight_decay)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+            phase = self.checkpoints.phase("ncl", modules=modules, optimizers={"sgd": opt}, schedulers={"cosine": sched},
+                                           generators=generators)
+            self._run_ncl(phase, images, epochs, lam, opt, sched)
+            opt.zero_grad(set_to_none=True)
+            phase.finish()
+            self.checkpoints.save()  # the stage boundary: a kill while the bank is built keeps stage II
+        extra = phase.extra_state
+        self.history["ncl_loss"] = list(phase.history)
+        for key in ("ncl_sym", "ncl_neg", "ncl_epoch_s", "ncl_extractor_trained"):
+            self.history[key] = list(extra.get(key, []))
+        self.set_extractor_trainable(False)
+        self.C.eval()
+        self.F.eval()
+
+    def _run_ncl(self, phase, images: torch.Tensor, epochs: int, lam: float, opt, sched) -> None:
+        """Stage II's epochs (``fit_ncl``); per-epoch means of L_sym and L_neg go to the phase's
+        extra state, accumulated on the device within an epoch (read once per epoch)."""
+        cfg = self.cfg
+        extra = phase.extra_state
+        for key in ("ncl_sym", "ncl_neg", "ncl_epoch_s", "ncl_extractor_trained"):
+            extra.setdefault(key, [])
+        for epoch in tqdm(phase.epochs(epochs), total=epochs, initial=phase.epoch, desc="ToCoAD stage II (NCL)",
+                          disable=not self.progress):
             train_f = epoch >= cfg.freeze_epochs  # seed 000: F frozen for the first freeze_epochs
             self.set_extractor_trainable(train_f)
             self.C.train()
             self.F.eval()
-            t0, tot, sym, neg = time.perf_counter(), [], [], []
-            for idx in self._batches(len(images), cfg.steps_per_epoch):
+            t0 = time.perf_counter()
+            for idx in self._batches(phase, epoch, len(images)):
                 x = self._float(images[idx]).to(self.device)
                 # eq. 6, back-propagated term by term (gradients add up to those of the sum;
                 # peak memory holds one group's activations instead of three)
@@ -320,22 +362,25 @@ class ToCoADTrainer:
                     if train_f:
                         ((1.0 - lam) * l_neg).backward()
                 else:
-                    l_neg = torch.zeros(())
+                    l_neg = torch.zeros((), device=l_sym.device)
                 loss = lam * l_sym.detach() + (1.0 - lam) * l_neg.detach()
                 opt.step()
                 if self.F_target is not None:
                     ema_update(self.F_target, self.F, cfg.byol_ema)
                     self.C.update_target()
-                tot.append(loss.item()); sym.append(l_sym.item()); neg.append(l_neg.item())
+                sums = extra.get("epoch_sums")
+                parts = torch.stack([l_sym.detach().float(), l_neg.detach().float()])
+                extra["epoch_sums"] = parts if sums is None else sums + parts
+                extra["epoch_steps"] = int(extra.get("epoch_steps", 0)) + 1
+                phase.step_done(loss, 1)
             sched.step()
-            for key, vals in (("ncl_loss", tot), ("ncl_sym", sym), ("ncl_neg", neg)):
-                self.history[key].append(float(np.mean(vals)) if vals else float("nan"))
-            self.history["ncl_epoch_s"].append(time.perf_counter() - t0)
-            self.history["ncl_extractor_trained"].append(float(train_f))
-        opt.zero_grad(set_to_none=True)
-        self.set_extractor_trainable(False)
-        self.C.eval()
-        self.F.eval()
+            phase.epoch_done()
+            sums, steps = extra.pop("epoch_sums", None), int(extra.pop("epoch_steps", 0))
+            means = (sums / max(steps, 1)).tolist() if sums is not None else [float("nan")] * 2
+            extra["ncl_sym"].append(means[0])
+            extra["ncl_neg"].append(means[1])
+            extra["ncl_epoch_s"].append(time.perf_counter() - t0)
+            extra["ncl_extractor_trained"].append(float(train_f))
 
     @torch.no_grad()
     def projector_spread(self, images: torch.Tensor, augment: bool = True) -> list[float]:
