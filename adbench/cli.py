@@ -87,13 +87,21 @@ def main() -> None:
 @click.option("--protocol", type=click.Choice(["single", "unified"]), default="single", show_default=True)
 @click.option("--results", default="results", show_default=True, help="Results folder (records).")
 @click.option("--weights", default=None, help="Backbone weights: a file, or 'random' (tests).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda (every visible GPU) or cuda:N.")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Import a module that registers more.")
 @click.option("--rerun", is_flag=True, help="Run jobs again even when their records exist.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--metric", default="image_auroc,pixel_auroc", show_default=True, help="Metrics of the final table.")
 @click.option("--save-predictions", is_flag=True,
               help="Keep image scores, float16 maps and sample paths beside each record (<record>.npz).")
+@click.option("--jobs", "-j", "n_jobs", default=None, type=int,
+              help="Jobs at once on this machine [default: one per visible GPU, 1 on a CPU]; the cores are "
+                   "divided between them.")
+@click.option("--job-timeout", default=None, type=float, metavar="SECONDS",
+              help="A job running longer is stopped and recorded as failed (its checkpoint is kept).")
+@click.option("--cpus-per-job", default=None, type=float, help="Ray: CPUs per job, also its threads [default: 4].")
+@click.option("--gpus-per-job", default=None, type=float, help="Ray: GPUs per job [default: 1 when the cluster has GPUs].")
+@click.option("--memory-per-job", default=None, type=float, metavar="GIB", help="Ray: memory each job reserves.")
 @click.option("--checkpoint-every", default=600.0, show_default=True, type=float, metavar="SECONDS",
               help="Save each training job's complete state this often (and when training ends); "
                    "a rerun resumes from it. 0 turns checkpoints off.")
@@ -105,8 +113,9 @@ def main() -> None:
 @click.option("--debug", is_flag=True, help="Tracebacks for user errors.")
 @_guard
 def run_cmd(method, dataset, data_root, category, profile, set_options, config_file, seed, protocol,
-            results, weights, device, plugins, rerun, executor, metric, save_predictions, checkpoint_every,
-            checkpoint_dir, keep_checkpoints, quiet, debug) -> None:
+            results, weights, device, plugins, rerun, executor, metric, save_predictions, n_jobs, job_timeout,
+            cpus_per_job, gpus_per_job, memory_per_job, checkpoint_every, checkpoint_dir, keep_checkpoints, quiet,
+            debug) -> None:
     """Run methods over a dataset's categories; print the per-category table."""
     from adbench.errors import ConfigError
     from adbench.records import METRIC_KEYS
@@ -125,6 +134,8 @@ def run_cmd(method, dataset, data_root, category, profile, set_options, config_f
         results=results, weights=weights, device=device, plugins=list(plugins), rerun=rerun,
         executor=executor, progress=not quiet, save_predictions=save_predictions,
         checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir, keep_checkpoints=keep_checkpoints,
+        jobs=n_jobs, job_timeout=job_timeout, cpus_per_job=cpus_per_job, gpus_per_job=gpus_per_job,
+        memory_per_job=memory_per_job,
     )
     summary = run(opts)
     tables = build_tables(summary.records, metrics)

@@ -76,7 +76,9 @@ def host() -> dict[str, object]:
         "platform": platform.platform(),
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        "gpu_name": _gpu_name(),
+        # the GPU a job ran on is the worker's to say (record["gpu"]); asking torch here would
+        # initialise CUDA in the run's own process and name GPU 0 whatever the job used
+        "gpu_name": None,
     }
 
 
@@ -88,17 +90,6 @@ def _cpu_model() -> Optional[str]:
     except OSError:
         pass
     return platform.processor() or None
-
-
-def _gpu_name() -> Optional[str]:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_name(0)
-    except Exception:  # a broken CUDA install must not fail the record
-        return None
-    return None
 
 
 def rss_mb() -> float | None:

@@ -1,7 +1,8 @@
 """Executors: where jobs run. Both hand each finished job's records to a callback at once, so
 the runner writes them before the next job starts (a killed run loses only jobs in flight).
 
-* ``LocalExecutor``: jobs one after another, each in its own child process. Children are
+* ``LocalExecutor``: up to ``--jobs`` jobs at once (default: one per visible GPU, 1 on a CPU),
+  each in its own child process, pinned to its GPU and given its share of the cores. Children are
   forked from a multiprocessing *forkserver* that imported torch, the metrics and the built-in
   methods once (``adbench.preload``), so a job starts in well under a second instead of paying
   ~2-3 CPU seconds of imports; the server itself is a clean process (started by spawn, no
@@ -9,18 +10,20 @@ the runner writes them before the next job starts (a killed run loses only jobs 
   (Windows) children are spawned. A child that dies (segfault, OOM killer, ``os._exit``)
   becomes failed records naming the signal or exit code. The child's peak memory is its own
   (``VmHWM``, reset at fork/exec).
-* ``RayExecutor``: each job is a Ray task running the same ``run_job_catching``, with
-  ``max_calls=1`` so every job gets a fresh worker process (and one GPU when the cluster has
-  GPUs and ``--device`` is not cpu). ``ray.init(address=...)`` uses
-  ``$RAY_ADDRESS`` when set (an existing cluster), else starts a local one.
+* ``RayExecutor`` (``adbench.ray_executor``): each job a Ray task running the same
+  ``run_job_catching``, with the resources the job asks for.
 """
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import signal
 import sys
-from typing import Any, Callable, Sequence
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from typing import Any, Callable, Optional, Sequence
 
 from adbench.jobs import Job
 from adbench.records import failed_records, now
@@ -34,10 +37,33 @@ def _always(job: Job) -> bool:
     return True
 
 
+@dataclass
+class _Running:
+    job: Job
+    proc: Any
+    receiver: Any
+    started: str
+    deadline: Optional[float]
+    slot: int
+
+
 class LocalExecutor:
+    """Up to ``n_jobs`` jobs at once on this machine, each in its own child process.
+
+    Slot ``i`` owns GPU ``gpus[i % len(gpus)]`` (the child sees only it, through its own
+    ``CUDA_VISIBLE_DEVICES``) and ``threads`` CPU threads (torch, OpenMP, MKL), so jobs that run
+    at once neither share a GPU by accident nor oversubscribe the cores. A job running longer
+    than ``job_timeout`` seconds is killed and recorded as failed; its last checkpoint stays.
+    """
+
     name = "local"
 
-    def __init__(self, poll_seconds: float = 0.2, start_method: str | None = None):
+    def __init__(self, n_jobs: int = 1, gpus: Sequence[int] = (), threads: Optional[int] = None,
+                 job_timeout: Optional[float] = None, poll_seconds: float = 0.2, start_method: str | None = None):
+        self.n_jobs = max(1, int(n_jobs))
+        self.gpus = list(gpus)
+        self.threads = threads
+        self.job_timeout = job_timeout
         self.poll_seconds = poll_seconds
         if start_method is None:
             start_method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
@@ -48,42 +74,86 @@ class LocalExecutor:
             self.context.set_forkserver_preload(["__main__", "adbench.preload"])
 
     def run(self, jobs: Sequence[Job], on_done: OnDone, start: Start = _always) -> None:
-        for job in jobs:
-            if start(job):
-                on_done(job, self.run_one(job))
+        queue = list(jobs)
+        running: dict[int, _Running] = {}
+        free = list(range(self.n_jobs))
+        try:
+            while queue or running:
+                while queue and free:
+                    job = queue.pop(0)
+                    if start(job):
+                        slot = free.pop(0)
+                        running[slot] = self._launch(job, slot)
+                if not running:
+                    continue
+                wait([r.receiver for r in running.values()] + [r.proc.sentinel for r in running.values()],
+                     timeout=self.poll_seconds)
+                for slot, r in list(running.items()):
+                    records = self._collect(r)
+                    if records is None:
+                        continue
+                    del running[slot]
+                    free.append(slot)
+                    on_done(r.job, records)
+        except BaseException:  # Ctrl-C, SIGTERM, a results folder gone: take every child down
+            for r in running.values():
+                _stop(r.proc)
+                r.receiver.close()
+            raise
 
     def run_one(self, job: Job) -> list[dict[str, Any]]:
-        started = now()
+        """One job, synchronously (tests and tools)."""
+        out: list[list[dict[str, Any]]] = []
+        self.run([job], lambda _job, records: out.append(records))
+        return out[0]
+
+    # --- one child ---------------------------------------------------------------------------------
+    def _launch(self, job: Job, slot: int) -> _Running:
+        job = dataclasses.replace(job, threads=job.threads or self.threads)
+        environ = dict(os.environ)
+        if self.gpus and job.device != "cpu":
+            job = dataclasses.replace(job, gpu=self.gpus[slot % len(self.gpus)])
+        if job.gpu is not None:
+            environ["CUDA_VISIBLE_DEVICES"] = str(job.gpu)
+        if job.threads:
+            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+                environ[var] = str(job.threads)
         receiver, sender = self.context.Pipe(duplex=False)
         # The forkserver's environment and sys.path date from its start; a job sees the run's.
-        proc = self.context.Process(
-            target=_child_main, args=(job.to_dict(), sender, dict(os.environ), list(sys.path)),
-            name=f"adbench-job-{job.method}",
-        )
+        proc = self.context.Process(target=_child_main, args=(job.to_dict(), sender, environ, list(sys.path)),
+                                    name=f"adbench-job-{job.method}")
         proc.start()
         sender.close()
+        deadline = time.monotonic() + self.job_timeout if self.job_timeout else None
+        return _Running(job, proc, receiver, now(), deadline, slot)
+
+    def _collect(self, r: _Running) -> Optional[list[dict[str, Any]]]:
+        """The job's records once it ended (failed records when it died or timed out), else None."""
         records = None
-        try:
-            while True:
-                if receiver.poll(self.poll_seconds):
-                    try:
-                        records = receiver.recv()
-                    except EOFError:  # child died without sending
-                        records = None
-                    break
-                if not proc.is_alive():
-                    if receiver.poll(0):
-                        continue
-                    break
-            proc.join()
-        except BaseException:  # Ctrl-C / SystemExit: take the child down with us
-            _stop(proc)
-            raise
-        finally:
-            receiver.close()
+        if r.receiver.poll(0):
+            try:
+                records = r.receiver.recv()
+            except EOFError:  # child died without sending
+                records = failed_records(r.job, _death_message(_exitcode(r.proc)), started=r.started)
+        elif not r.proc.is_alive():
+            if r.receiver.poll(0):
+                return self._collect(r)
+            records = failed_records(r.job, _death_message(_exitcode(r.proc)), started=r.started)
+        elif r.deadline is not None and time.monotonic() > r.deadline:
+            _stop(r.proc)
+            records = failed_records(r.job, f"job ran longer than --job-timeout {self.job_timeout:g} s and was "
+                                            f"stopped; its last checkpoint is kept, a rerun resumes from it",
+                                     started=r.started)
         if records is None:
-            return failed_records(job, _death_message(proc.exitcode), started=started)
+            return None
+        r.proc.join()
+        r.receiver.close()
         return records
+
+
+def _exitcode(proc) -> Optional[int]:
+    proc.join(5)
+    return proc.exitcode
 
 
 def _child_main(job_dict: dict[str, Any], conn, environ: dict[str, str], sys_path: list[str]) -> None:
@@ -151,64 +221,18 @@ def _death_message(exitcode) -> str:
     return f"job process exited with code {exitcode} without a result"
 
 
-class RayExecutor:
-    name = "ray"
-
-    def __init__(self, address: str | None = None, num_cpus: int | None = None):
-        try:
-            import ray
-        except ImportError:
-            from adbench.errors import ConfigError
-
-            raise ConfigError("--executor ray: ray is not installed (pip install 'adbench[ray]')") from None
-        self.ray = ray
-        self.address = address if address is not None else os.environ.get("RAY_ADDRESS")
-        self.num_cpus = num_cpus
-
-    def run(self, jobs: Sequence[Job], on_done: OnDone, start: Start = _always) -> None:
-        ray = self.ray
-        started_here = False
-        if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
-            if self.address:
-                kwargs["address"] = self.address
-            elif self.num_cpus:
-                kwargs["num_cpus"] = self.num_cpus
-            ray.init(**kwargs)
-            started_here = True
-        try:
-            from adbench.worker import run_job_catching
-
-            remote = ray.remote(max_calls=1, num_cpus=1)(run_job_catching)
-            has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-            pending = {}
-            for job in jobs:
-                if not start(job):  # claimed when submitted: the claim covers its wait in the queue
-                    continue
-                task = remote.options(num_gpus=1) if has_gpu and job.device != "cpu" else remote
-                spec = {**job.to_dict(), "progress": False}  # bars do not survive Ray's log forwarding
-                pending[task.remote(spec, list(sys.path))] = (job, now())
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                ref = done[0]
-                job, started = pending.pop(ref)
-                try:
-                    records = ray.get(ref)
-                except Exception as exc:  # worker crash, OOM kill, serialization error
-                    text = str(exc).strip().splitlines()
-                    records = failed_records(job, f"{type(exc).__name__}: {text[0] if text else ''}",
-                                             started=started)
-                on_done(job, records)
-        finally:
-            if started_here:
-                ray.shutdown()
-
-
-def make_executor(name: str):
-    if name == "local":
-        return LocalExecutor()
-    if name == "ray":
-        return RayExecutor()
+def make_executor(opts):
+    """The executor ``opts.executor`` names, sized from the run's options (``RunOptions``)."""
     from adbench.errors import ConfigError
 
-    raise ConfigError(f"--executor {name!r}: expected local or ray")
+    if opts.executor == "local":
+        from adbench.runner import local_resources
+
+        n_jobs, gpus, threads = local_resources(opts)
+        return LocalExecutor(n_jobs=n_jobs, gpus=gpus, threads=threads, job_timeout=opts.job_timeout)
+    if opts.executor == "ray":
+        from adbench.ray_executor import RayExecutor
+
+        return RayExecutor(cpus_per_job=opts.cpus_per_job, gpus_per_job=opts.gpus_per_job,
+                           memory_per_job=opts.memory_per_job, job_timeout=opts.job_timeout)
+    raise ConfigError(f"--executor {opts.executor!r}: expected local or ray")

@@ -39,6 +39,9 @@ class Job:
     # checkpoints inside the job (adbench.training); none of these is part of key()
     checkpoint_path: Optional[str] = None  # None: no checkpoints
     checkpoint_every: float = 600.0  # seconds between checkpoints (0: none)
+    # where the job runs (set by the executor; not part of key()): CPU threads, physical GPU index
+    threads: Optional[int] = None
+    gpu: Optional[int] = None
 
     # --- identity ------------------------------------------------------------------------
     @property

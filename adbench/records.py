@@ -83,6 +83,7 @@ def base_record(job: Job, category: str, started: Optional[str] = None) -> dict[
         "fit_seconds": None,  # every attempt of the job added up (a resumed job's earlier ones too)
         "resumed_from": None,  # {phase, epoch, step, saved_at, fit_seconds_before} when resumed
         "steps_this_attempt": None,  # optimiser steps run by this attempt
+        "checkpoints": None,  # {written, seconds, bytes, disabled} of this attempt; None when off
         "test_seconds": None,
         "predict_seconds": None,
         "test_throughput": None,
@@ -93,6 +94,7 @@ def base_record(job: Job, category: str, started: Optional[str] = None) -> dict[
         "versions": environment.versions(),
         "git_commit": environment.git_commit(),
         "host": environment.host(),
+        "gpu": None,  # {index, name, uuid} of the GPU the job ran on (null on CPU)
         "torch_threads": None,  # intra-op threads of the job: float reductions (and so a
         # training trajectory) can change with it, so it is part of reproducing a number
         "started": started or now(),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -47,6 +48,11 @@ class RunOptions:
     executor: str = "local"
     progress: bool = True
     save_predictions: bool = False
+    jobs: Optional[int] = None  # jobs at once (local): default one per GPU, 1 on CPU
+    job_timeout: Optional[float] = None  # seconds; a job running longer fails (checkpoint kept)
+    cpus_per_job: Optional[float] = None  # Ray: CPUs each job asks for (and uses as threads)
+    gpus_per_job: Optional[float] = None  # Ray: GPUs each job asks for
+    memory_per_job: Optional[float] = None  # Ray: GiB of memory each job asks for
     checkpoint_every: float = 600.0  # seconds between checkpoints inside a job; 0: none
     checkpoint_dir: Optional[str] = None  # default: <results>/.checkpoints
     keep_checkpoints: bool = False  # keep each job's final checkpoint (the trained model)
@@ -99,7 +105,11 @@ def plan_run(opts: RunOptions) -> Plan:
 
     if opts.protocol not in PROTOCOLS:
         raise ConfigError(f"--protocol {opts.protocol!r}: expected single or unified")
-    _check_device(opts.device)
+    _check_device(opts.device, opts.executor)
+    if opts.jobs is not None and opts.jobs < 1:
+        raise ConfigError(f"--jobs {opts.jobs}: must be >= 1")
+    if opts.job_timeout is not None and opts.job_timeout <= 0:
+        raise ConfigError(f"--job-timeout {opts.job_timeout}: must be > 0 seconds")
     seeds = parse_seeds(opts.seed)
     methods = list(dict.fromkeys(METHODS.resolve_list("all" if opts.method is None else opts.method)))
     if not methods:
@@ -275,16 +285,51 @@ def _check_weights(weights: Optional[str]) -> Optional[str]:
     return str(path.resolve())
 
 
-def _check_device(device: str) -> None:
+def _check_device(device: str, executor: str = "local") -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, checked without initialising CUDA here
+    (``adbench.gpus``). Under Ray the GPUs are the cluster's, not this machine's."""
     if device in ("auto", "cpu"):
         return
-    if device.startswith("cuda"):
-        import torch
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if executor == "ray":
+            return
+        from adbench.gpus import visible_gpus
 
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+        gpus = visible_gpus()
+        if not gpus:
+            raise ConfigError(f"--device {device}: no CUDA GPU is visible on this machine")
+        if ":" in device and int(device[5:]) >= len(gpus):
+            raise ConfigError(f"--device {device}: no such GPU here ({len(gpus)} visible: cuda:0"
+                              f"{f' to cuda:{len(gpus) - 1}' if len(gpus) > 1 else ''})")
         return
-    raise ConfigError(f"--device {device!r}: expected auto, cpu or cuda")
+    raise ConfigError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def local_resources(opts: "RunOptions") -> tuple[int, list[int], Optional[int]]:
+    """(jobs at once, GPUs to pin them to, CPU threads per job) for the local executor.
+
+    GPUs: ``--device cuda:N`` pins every job to the N-th visible GPU (torch's numbering, which
+    counts within ``CUDA_VISIBLE_DEVICES``); ``cuda`` / ``auto`` use every visible GPU,
+    one job per GPU by default; ``cpu`` none. ``--jobs`` overrides the count. Threads: the
+    machine's cores divided between the jobs that run at once (unset for a single job: torch's
+    own default, all cores)."""
+    from adbench.gpus import visible_gpus
+
+    if opts.device == "cpu":
+        gpus: list[int] = []
+    elif opts.device.startswith("cuda:"):
+        gpus = [visible_gpus()[int(opts.device[5:])].index]
+    else:
+        gpus = [g.index for g in visible_gpus()]
+    if opts.jobs:
+        n_jobs = int(opts.jobs)
+    elif gpus and not opts.device.startswith("cuda:"):
+        n_jobs = len(gpus)  # one job per GPU
+    else:
+        n_jobs = 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // n_jobs) if n_jobs > 1 else None
+    return n_jobs, gpus, threads
 
 
 def _plain(value):
@@ -310,7 +355,7 @@ def run(opts: RunOptions, *, log=None) -> RunSummary:
     plan = plan_run(opts)
     for note in plan.notes:
         log(f"note: {note}")
-    executor = make_executor(opts.executor) if plan.todo else None
+    executor = make_executor(opts) if plan.todo else None  # no Ray start when nothing is left
     removed = plan.store.clean_stale_tmp()
     if removed:
         log(f"note: removed {removed} temporary file(s) left by an interrupted run")

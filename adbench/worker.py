@@ -19,7 +19,7 @@ import shutil
 import sys
 import time
 import traceback
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import numpy as np
 
@@ -105,9 +105,12 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
     adapter = DATASETS.get(job.dataset)(job.data_root)
     indexes = {c: adapter.index(c) for c in job.categories}
 
-    device = resolve_device(job.device)
+    if job.threads:  # the CPUs this job was given (--jobs divides the machine, Ray grants them)
+        torch.set_num_threads(int(job.threads))
+    device = resolve_device("cuda" if job.gpu is not None and job.device != "cpu" else job.device)
     seed_everything(job.seed, device)
     threads = torch.get_num_threads()
+    gpu = gpu_facts(device, job.gpu)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -150,9 +153,12 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
                 n_parameters=int(detector.num_parameters()),
                 record_extras=storable_extras(detector),
                 device=str(device),
+                gpu=gpu,
+                host={**record["host"], "gpu_name": gpu["name"] if gpu else None},
                 fit_seconds=round(fit_seconds, 3),
                 resumed_from=resumed_from,
                 steps_this_attempt=checkpoints.steps_this_attempt,
+                checkpoints=checkpoints.report(),
                 n_train_images=len(train),
                 torch_threads=threads,
             )
@@ -166,6 +172,18 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
         return records
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def gpu_facts(device, physical_index: Optional[int]) -> Optional[dict[str, Any]]:
+    """``{index, name, uuid}`` of the GPU the job ran on (None on CPU): the physical index the
+    executor pinned (``CUDA_VISIBLE_DEVICES``), else the device's own index."""
+    import torch
+
+    if device.type != "cuda":
+        return None
+    props = torch.cuda.get_device_properties(device)
+    index = physical_index if physical_index is not None else (device.index or 0)
+    return {"index": index, "name": props.name, "uuid": str(getattr(props, "uuid", "") or "")}
 
 
 def make_checkpointing(job: Job, method_cls, device):

@@ -200,3 +200,55 @@ def make_kit_data(root, categories=("tex_a", "obj_b"), n_train=6, n_good=3, n_ba
             m.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(mask.astype(np.uint8) * 255).save(m)
     return root
+
+
+@dataclass
+class KitTrainedConfig(KitConfig):
+    epochs: int = 3
+    lr: float = 0.05
+
+
+@register_method("kit_trained")
+class KitTrained(KitMean):
+    """A tiny trained model (a per-pixel linear map fitted by SGD to reconstruct normal images),
+    its loop run through the job's checkpoints (``adbench.training``), so runner tests can kill,
+    retry and resume a real training loop.
+
+    ``ADBENCH_KIT_DIE_AT_STEP=<n>:<marker file>``: the first attempt (no marker yet) writes the
+    marker and exits the process hard right after optimiser step ``n`` (a node lost, a
+    pre-emption); a retry finds the marker and trains on."""
+
+    Config = KitTrainedConfig
+    PROFILES = {"paper": {}, "quick": {}}
+    protocols = ("single",)
+
+    def fit(self, train_loader) -> None:
+        images = torch.cat([b.images for b in train_loader])
+        self.trained_on = sorted({c for b in train_loader for c in b.categories})
+        self.net = torch.nn.Conv2d(3, 3, 1)
+        opt = torch.optim.SGD(self.net.parameters(), lr=self.config.lr)
+        phase = self.context.checkpoints.phase("train", modules={"net": self.net}, optimizers={"sgd": opt})
+        die = os.environ.get("ADBENCH_KIT_DIE_AT_STEP", "")
+        die_at, marker = (int(die.split(":", 1)[0]), Path(die.split(":", 1)[1])) if die else (None, None)
+        for epoch in phase.epochs(self.config.epochs):
+            for idx in phase.batches(epoch, len(images), 2):
+                x = images[idx]
+                loss = ((self.net(x) - x) ** 2).mean() + 0.01 * torch.rand(()).item()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                phase.step_done(loss, len(idx))
+                if die_at is not None and phase.total_steps == die_at and not marker.exists():
+                    marker.write_text("died once")
+                    self.context.checkpoints.save()
+                    os._exit(3)
+            phase.epoch_done()
+        phase.finish()
+        self.context.checkpoints.training_done()
+        self.loss_history = list(phase.history)
+        with torch.no_grad():
+            self.mean = self.net(images).mean(0)
+        self.extra = torch.nn.Linear(3, 2)
+
+    def record_extras(self):
+        return {"trained_on": self.trained_on, "loss_history": self.loss_history}

@@ -127,7 +127,7 @@ def test_method_all_with_profile_miad_runs_the_six_and_notes_the_others(tmp_path
     assert sorted({job.method for job in plan.jobs}) == sorted(
         ["autoencoder", "draem", "fastflow", "patchcore", "reverse_distillation", "uniad"])
     skipped = sorted(n.split(":")[0] for n in plan.notes if n.startswith("skipping "))
-    assert skipped == sorted(f"skipping {m}" for m in ("cutpaste", "cutpaste_patch", "feature_gaussian", "kit_mean",
+    assert skipped == sorted(f"skipping {m}" for m in ("cutpaste", "cutpaste_patch", "feature_gaussian", "kit_mean", "kit_trained",
                                                       "kit_scoreonly", "mean_image", "tocoad"))
     assert all(n.endswith("it has no 'miad' profile") for n in plan.notes if n.startswith("skipping "))
     with pytest.raises(ConfigError, match="--profile 'miad' is not defined for cutpaste"):

@@ -6,6 +6,7 @@ generated into tmp_path; each job still runs in its own child process, as in rea
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -163,16 +164,72 @@ def test_config_resolution_across_methods(kit, tmp_path):
 
 @pytest.mark.slow
 def test_ray_executor(kit, tmp_path, monkeypatch):
-    """The same jobs as Ray tasks on a local cluster (one fresh worker per job)."""
+    """The same jobs as Ray tasks on a private local cluster: same records as the local
+    executor; the job's threads are the CPUs it asked for; a task whose worker dies is retried
+    and resumes from the job's checkpoint; the cluster's processes end with the run."""
     pytest.importorskip("ray")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    from adbench.executors import RayExecutor
-
-    monkeypatch.setattr("adbench.executors.make_executor", lambda name: RayExecutor(num_cpus=2))
     results = tmp_path / "res"
-    summary = run(_opts(kit, results, executor="ray", category="obj_b"))
+    summary = run(_opts(kit, results, executor="ray", category="obj_b", cpus_per_job=1))
     assert summary.exit_code == 0 and summary.n_ok == 1
     local = tmp_path / "local"
     run(_opts(kit, local, category="obj_b"))
     for a, b in zip(_records(results), _records(local)):
         assert a["metrics"] == pytest.approx(b["metrics"]) and a["record_name"] == b["record_name"]
+        assert a["torch_threads"] == 1
+    # nothing left to run: Ray is not even started
+    import adbench.ray_executor
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray started with nothing to run")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(adbench.ray_executor.RayExecutor, "__init__", no_ray)
+        again = run(_opts(kit, results, executor="ray", category="obj_b", cpus_per_job=1))
+    assert again.exit_code == 0 and len(again.plan.skipped_done) == 1
+    # a worker dies after step 4 of 9 (after a checkpoint): Ray retries the task, which resumes
+    marker = tmp_path / "died"
+    monkeypatch.setenv("ADBENCH_KIT_DIE_AT_STEP", f"4:{marker}")
+    retried = tmp_path / "retried"
+    summary = run(_opts(kit, retried, executor="ray", category="obj_b", method="kit_trained", cpus_per_job=1,
+                        checkpoint_every=1e-6))
+    assert summary.exit_code == 0 and marker.exists()
+    (record,) = _records(retried)
+    assert record["resumed_from"]["step"] == 1 and record["resumed_from"]["epoch"] == 1
+    assert record["steps_this_attempt"] == 9 - 4
+    import subprocess
+
+    leftovers = subprocess.run(["pgrep", "-f", "raylet"], capture_output=True, text=True).stdout.split()
+    assert not leftovers, "Ray's processes outlived the run"
+
+def test_two_jobs_at_once_give_the_records_of_one_at_a_time(kit, tmp_path, monkeypatch):
+    """``--jobs 2``: two job processes run at the same time (their fits overlap), each with half
+    the cores as its threads, and the records equal ``--jobs 1``'s for a deterministic method."""
+    import datetime as dt
+
+    monkeypatch.setenv("ADBENCH_KIT_SLEEP_S", "3")
+    both = tmp_path / "both"
+    summary = run(_opts(kit, both, jobs=2, device="cpu"))
+    assert summary.exit_code == 0 and summary.n_ok == 2
+    records = _records(both)
+    spans = [(dt.datetime.fromisoformat(r["started"]), dt.datetime.fromisoformat(r["finished"])) for r in records]
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], spans  # they overlapped
+    cores = len(os.sched_getaffinity(0))
+    assert all(r["torch_threads"] == max(1, cores // 2) for r in records)
+    monkeypatch.setenv("ADBENCH_KIT_SLEEP_S", "0")
+    one = tmp_path / "one"
+    run(_opts(kit, one, jobs=1, device="cpu"))
+    for a, b in zip(records, _records(one)):
+        assert a["metrics"] == b["metrics"] and a["record_name"] == b["record_name"]
+
+
+def test_job_timeout_fails_the_job_and_keeps_the_others(kit, tmp_path, monkeypatch):
+    pidfile = tmp_path / "pid"
+    monkeypatch.setenv("ADBENCH_KIT_HANG_ON", "obj_b")
+    monkeypatch.setenv("ADBENCH_KIT_PIDFILE", str(pidfile))
+    summary = run(_opts(kit, tmp_path / "res", job_timeout=8))
+    assert summary.n_failed == 1 and summary.n_ok == 1
+    failed = [r for r in _records(tmp_path / "res") if r["status"] == "failed"]
+    assert failed[0]["category"] == "obj_b"
+    assert failed[0]["error"] == ("job ran longer than --job-timeout 8 s and was stopped; its last checkpoint is "
+                                  "kept, a rerun resumes from it")

@@ -257,3 +257,22 @@ def test_a_checkpoint_that_cannot_be_written_never_fails_the_job(tmp_path, monke
     assert ckpt.steps_this_attempt == 4 and not ckpt.enabled
     assert lines == [f"warning: no checkpoints for this job: cannot write {tmp_path / 'job.ckpt'} "
                      f"(No space left on device); training goes on without them"]
+
+
+def test_a_nan_loss_stops_the_job_at_once_naming_where():
+    import pytest
+
+    from adbench.training import Checkpointing, TrainingDiverged
+
+    phase = Checkpointing(seed=0).phase("train")
+    seen = []
+    with pytest.raises(TrainingDiverged) as info:
+        for epoch in phase.epochs(5):
+            for _ in phase.batches(epoch, 6, 2):
+                bad = (epoch, phase.step) == (1, 1)
+                seen.append((epoch, phase.step))
+                phase.step_done(torch.tensor(float("nan") if bad else 0.5), 2)
+            phase.epoch_done()
+    assert str(info.value) == ("training loss became NaN or infinite in phase train, epoch 1, step 1 "
+                               "(steps counted from 0 in each epoch)")
+    assert seen[-1] == (1, 1)  # not one step more

@@ -167,6 +167,15 @@ class CheckpointFile:
             return False
         return True
 
+    def size_on_disk(self) -> int:
+        """Bytes of the checkpoint (the file, or every file under it when it is a folder)."""
+        try:
+            if self.path.is_dir():
+                return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+            return self.path.stat().st_size
+        except OSError:
+            return 0
+
     def check_space(self, needed_bytes: int) -> bool:
         """Before the first write: enough free space for two copies (the new file is written
         beside the old one)? Otherwise checkpoints are off for this job, with one warning."""

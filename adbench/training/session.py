@@ -106,6 +106,9 @@ class Checkpointing:
     _last_save: float = 0.0
     _attempt_started: float = 0.0
     _space_checked: bool = False
+    saves: int = 0  # checkpoints written by this attempt (the record's ``checkpoints``)
+    save_seconds: float = 0.0
+    last_bytes: int = 0
 
     def __post_init__(self) -> None:
         self._last_save = self._attempt_started = self.clock()
@@ -180,8 +183,20 @@ class Checkpointing:
             fit_seconds_before=round(self.fit_seconds_before + (self.clock() - self._attempt_started), 3),
             final=final,
         )
-        self.file.save(header, state)
+        started = time.perf_counter()
+        if self.file.save(header, state):
+            self.saves += 1
+            self.save_seconds += time.perf_counter() - started
+            self.last_bytes = self.file.size_on_disk()
         self._last_save = self.clock()
+
+    def report(self) -> Optional[dict[str, Any]]:
+        """What checkpointing cost this attempt (None when it was off): the record's
+        ``checkpoints`` field, so its overhead is visible next to ``fit_seconds``."""
+        if self.file is None:
+            return None
+        return {"written": self.saves, "seconds": round(self.save_seconds, 3), "bytes": self.last_bytes,
+                "disabled": self.file.disabled}
 
     def _estimate_bytes(self) -> int:
         """Modules x 3 (weights + an optimiser's two moments), finished phases included."""
@@ -278,8 +293,10 @@ class Phase:
 
     def _check_finite(self) -> None:
         if self._bad is not None and bool(self._bad):
+            last, k = self.step - 1, max(1, self.owner.check_every_steps)
+            where = f"step {last}" if k == 1 else f"one of steps {max(0, last - k + 1)}..{last}"
             raise TrainingDiverged(f"training loss became NaN or infinite in phase {self.name}, epoch {self.epoch}, "
-                                   f"step {self.step} (or within the {self.owner.check_every_steps} steps before)")
+                                   f"{where} (steps counted from 0 in each epoch)")
 
     def epoch_done(self) -> float:
         """Close the epoch: its mean loss goes into ``history`` (read once here, not per step)."""

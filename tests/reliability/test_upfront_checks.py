@@ -175,7 +175,7 @@ def test_unknown_method_under_methods(tmp_path, kit_data, run_cli, assert_user_e
     cfg.write_text("methods:\n  kit_maen:\n    image_size: 24\n")
     result, results = run_cli(*_base(kit_data), "--config", str(cfg))
     assert_user_error(result, results, f"error: --config {cfg}: methods.kit_maen: unknown method "
-                                       f"(did you mean kit_mean?)")
+                                       f"(did you mean kit_mean or kit_trained?)")
     # a registered method this run does not select is fine: one file serves several grids
     from adbench.runner import RunOptions, plan_run
 
