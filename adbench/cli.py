@@ -107,6 +107,12 @@ def main() -> None:
                    "a rerun resumes from it. 0 turns checkpoints off.")
 @click.option("--checkpoint-dir", default=None, type=click.Path(file_okay=False),
               help="Where checkpoints go [default: <results>/.checkpoints]; Ray workers must be able to write it.")
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "tf32", "bf16"]),
+              help="Numeric precision of the networks (fp32: what the papers ran; bf16: autocast; "
+                   "tf32: TF32 tensor cores on GPUs). Part of each job's identity.")
+@click.option("--workdir", default=None, type=click.Path(file_okay=False),
+              help="Where jobs keep work files (spill files, caches) [default: the system temp folder; "
+                   "GPU nodes often have a small /tmp].")
 @click.option("--keep-checkpoints", is_flag=True,
               help="Keep each job's final checkpoint (the trained model) after its record is written.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
@@ -114,8 +120,8 @@ def main() -> None:
 @_guard
 def run_cmd(method, dataset, data_root, category, profile, set_options, config_file, seed, protocol,
             results, weights, device, plugins, rerun, executor, metric, save_predictions, n_jobs, job_timeout,
-            cpus_per_job, gpus_per_job, memory_per_job, checkpoint_every, checkpoint_dir, keep_checkpoints, quiet,
-            debug) -> None:
+            cpus_per_job, gpus_per_job, memory_per_job, checkpoint_every, checkpoint_dir, precision, workdir,
+            keep_checkpoints, quiet, debug) -> None:
     """Run methods over a dataset's categories; print the per-category table."""
     from adbench.errors import ConfigError
     from adbench.records import METRIC_KEYS
@@ -135,7 +141,7 @@ def run_cmd(method, dataset, data_root, category, profile, set_options, config_f
         executor=executor, progress=not quiet, save_predictions=save_predictions,
         checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir, keep_checkpoints=keep_checkpoints,
         jobs=n_jobs, job_timeout=job_timeout, cpus_per_job=cpus_per_job, gpus_per_job=gpus_per_job,
-        memory_per_job=memory_per_job,
+        memory_per_job=memory_per_job, workdir=workdir, precision=precision,
     )
     summary = run(opts)
     tables = build_tables(summary.records, metrics)

@@ -9,6 +9,8 @@ attributes, so the harness never special-cases a method:
 * ``produces_maps``: whether ``predict`` returns anomaly maps (pixel metrics need them).
 * ``protocols``: ``single`` (one model per category) and/or ``unified`` (one model over the
   training sets of several categories).
+* ``precisions``: the ``--precision`` values it honours (bf16 needs its networks' forward
+  passes in ``context.autocast()``).
 
 The harness hands ``fit`` and ``predict`` images that already went through ``preprocess()``'s
 geometry (resize, optional centre crop) as float tensors in [0, 1]. Normalisation is the
@@ -78,6 +80,9 @@ class RunContext:
     checkpoints: the job's resumable-training state (``adbench.training``): trained methods
               run every training stage through ``checkpoints.phase(...)``. Outside the harness
               it writes nothing.
+    precision: ``fp32``, ``tf32`` or ``bf16`` (``adbench.precision``): neural methods run their
+              networks' forward passes in ``with context.autocast():`` and bring the outputs
+              back to float32 with ``adbench.precision.full`` before losses and statistics.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -88,6 +93,13 @@ class RunContext:
     workdir: Optional[str] = None
     categories: dict[str, CategoryInfo] = field(default_factory=dict)
     checkpoints: Checkpointing = field(default_factory=Checkpointing)
+    precision: str = "fp32"
+
+    def autocast(self):
+        """The context for the networks' forward passes (``adbench.precision.autocast``)."""
+        from adbench.precision import autocast
+
+        return autocast(self.precision, self.device)
 
     @property
     def allow_random_weights(self) -> bool:
@@ -115,6 +127,11 @@ class Detector(abc.ABC):
     produces_maps: ClassVar[bool] = True
     #: which protocols the method supports
     protocols: ClassVar[tuple[str, ...]] = ("single",)
+    #: the ``--precision`` values the method honours (``adbench.precision``). tf32 is a global
+    #: switch every torch method gets; bf16 needs the method to run its networks in
+    #: ``context.autocast()``. A job asking for a precision its method lacks runs in fp32, and
+    #: the run says so (its record states fp32).
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "tf32")
     #: version of the method's training code: bump it when training changes, so a checkpoint
     #: written by the old code is not resumed by the new one
     VERSION: ClassVar[int] = 1
@@ -175,6 +192,11 @@ class Detector(abc.ABC):
         ``NO_WEIGHTS`` for methods without a pretrained network. Methods with a backbone
         return its ``weights``."""
         return NO_WEIGHTS
+
+    def knn_device(self) -> Optional[str]:
+        """Where this detector's nearest-neighbour search ran (``"cuda:0 torch"``, ``"cpu
+        faiss"``...), read from the index it built; None for methods without one."""
+        return None
 
     def num_parameters(self) -> int:
         """Parameters of the trained model (0 for non-parametric parts like memory banks)."""

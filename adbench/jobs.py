@@ -31,6 +31,7 @@ class Job:
     config: dict[str, Any]  # resolved config (dataclass values)
     config_hash: str
     weights: Optional[str] = None
+    precision: str = "fp32"  # part of the job's identity (adbench.precision); fp32 adds no tag
     device: str = "auto"
     progress: bool = True
     plugins: list[str] = field(default_factory=list)
@@ -42,6 +43,7 @@ class Job:
     # where the job runs (set by the executor; not part of key()): CPU threads, physical GPU index
     threads: Optional[int] = None
     gpu: Optional[int] = None
+    workdir: Optional[str] = None  # parent of the job's work folder (--workdir); None: system temp
 
     # --- identity ------------------------------------------------------------------------
     @property
@@ -60,6 +62,11 @@ class Job:
             return "random"
         return "w" + hashlib.sha256(str(self.weights).encode()).hexdigest()[:8]
 
+    @property
+    def precision_tag(self) -> str:
+        """'' for fp32 (what every job ran before ``--precision`` existed), else the precision."""
+        return "" if self.precision == "fp32" else self.precision
+
     def key(self) -> tuple:
         return (
             self.method,
@@ -69,19 +76,22 @@ class Job:
             self.protocol,
             self.config_hash,
             self.weights_tag,
+            self.precision_tag,
         )
 
     def identity(self) -> dict[str, Any]:
         """What a checkpoint must have been written for to be resumed by this job."""
         return {"method": self.method, "dataset": self.dataset, "categories": sorted(self.categories),
                 "seed": self.seed, "protocol": self.protocol, "config_hash": self.config_hash,
-                "weights": self.weights_tag}
+                "weights": self.weights_tag, "precision": self.precision}
 
     def record_name(self, category: str) -> str:
         """File name of the record of ``category`` (unique per job key and category)."""
         parts = [category, self.protocol_tag, f"s{self.seed}", self.config_hash]
         if self.weights_tag:
             parts.append(self.weights_tag)
+        if self.precision_tag:
+            parts.append(self.precision_tag)
         return "__".join(parts) + ".json"
 
     @property

@@ -83,7 +83,13 @@ def base_record(job: Job, category: str, started: Optional[str] = None) -> dict[
         "fit_seconds": None,  # every attempt of the job added up (a resumed job's earlier ones too)
         "resumed_from": None,  # {phase, epoch, step, saved_at, fit_seconds_before} when resumed
         "steps_this_attempt": None,  # optimiser steps run by this attempt
-        "checkpoints": None,  # {written, seconds, bytes, disabled} of this attempt; None when off
+        "precision": job.precision,  # and the flags it set (adbench.precision.configure_backends)
+        "autocast": None,
+        "tf32": None,
+        "cudnn_benchmark": None,
+        "channels_last": None,
+        "knn_device": None,  # where the nearest-neighbour search ran (PatchCore family), from the index
+        "checkpoints": None,  # {written, seconds, bytes (last), largest_bytes, disabled}; None when off
         "test_seconds": None,
         "predict_seconds": None,
         "test_throughput": None,

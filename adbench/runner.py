@@ -56,6 +56,8 @@ class RunOptions:
     checkpoint_every: float = 600.0  # seconds between checkpoints inside a job; 0: none
     checkpoint_dir: Optional[str] = None  # default: <results>/.checkpoints
     keep_checkpoints: bool = False  # keep each job's final checkpoint (the trained model)
+    workdir: Optional[str] = None  # where jobs keep work files; default: the system temp folder
+    precision: str = "fp32"  # fp32 | tf32 | bf16 (adbench.precision)
 
 
 @dataclass
@@ -141,7 +143,13 @@ def plan_run(opts: RunOptions) -> Plan:
     kinds = {c: adapter.category_info(c).kind for c in categories}
 
     data_root = str(Path(opts.data_root).expanduser().resolve()) if opts.data_root else None
+    from adbench.precision import check as check_precision
+
+    precision = check_precision(opts.precision)
     jobs: list[Job] = []
+    fp32_only = [m for m in methods if precision not in METHODS.get(m).precisions]
+    if fp32_only:
+        notes.append(f"{', '.join(fp32_only)} run in fp32: --precision {precision} does not apply to them")
     for method in methods:
         config = configs[method]
         groups = [[c] for c in categories] if opts.protocol == "single" else [list(categories)]
@@ -151,7 +159,8 @@ def plan_run(opts: RunOptions) -> Plan:
                     method=method, dataset=opts.dataset, data_root=data_root, categories=cats,
                     seed=seed, protocol=opts.protocol, profile=opts.profile,
                     config=_plain(config.to_dict()), config_hash=config.config_hash(),
-                    weights=weights, device=opts.device, progress=opts.progress, save_predictions=opts.save_predictions,
+                    weights=weights, precision="fp32" if method in fp32_only else precision, device=opts.device, progress=opts.progress,
+                    save_predictions=opts.save_predictions,
                     plugins=list(opts.plugins), category_kinds={c: kinds[c] for c in cats},
                 ))
     jobs = list({job.key(): job for job in jobs}.values())  # `--method a,a` runs a once
@@ -160,7 +169,9 @@ def plan_run(opts: RunOptions) -> Plan:
     if opts.checkpoint_every < 0:
         raise ConfigError(f"--checkpoint-every {opts.checkpoint_every}: must be >= 0 (0 turns checkpoints off)")
     ckpt_root = Path(opts.checkpoint_dir).expanduser().resolve() if opts.checkpoint_dir else store.root / ".checkpoints"
+    workdir = check_workdir(opts.workdir)
     for job in jobs:
+        job.workdir = workdir
         job.checkpoint_every = float(opts.checkpoint_every)
         job.checkpoint_path = str(checkpoint_path(ckpt_root, job)) if opts.checkpoint_every > 0 else None
     if opts.rerun:
@@ -169,6 +180,22 @@ def plan_run(opts: RunOptions) -> Plan:
         todo = [j for j in jobs if not store.is_done(j)]
         done = [j for j in jobs if j not in todo]
     return Plan(jobs=jobs, todo=todo, skipped_done=done, notes=notes, store=store)
+
+
+def check_workdir(workdir: Optional[str]) -> Optional[str]:
+    """``--workdir``: created if missing, and it must take a file (one exit-2 line otherwise,
+    before any job), since every job's spill files and caches go there."""
+    if not workdir:
+        return None
+    path = Path(workdir).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".adbench-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--workdir {workdir}: cannot write there ({exc.strerror or exc})") from None
+    return str(path)
 
 
 def resolve_configs(methods: list[str], opts: RunOptions, notes: Optional[list[str]] = None) -> dict[str, Any]:
@@ -359,7 +386,7 @@ def run(opts: RunOptions, *, log=None) -> RunSummary:
     removed = plan.store.clean_stale_tmp()
     if removed:
         log(f"note: removed {removed} temporary file(s) left by an interrupted run")
-    orphans = remove_orphaned_workdirs()
+    orphans = remove_orphaned_workdirs(check_workdir(opts.workdir))
     if orphans:
         log(f"note: removed {orphans} work folder(s) left by killed jobs")
     if plan.skipped_done:

@@ -4,9 +4,9 @@ One table per (dataset, metric): categories as rows, one column per method *sett
 row, and texture/object mean rows when the dataset's categories are of both kinds (MVTec).
 
 Different settings are never averaged together silently. A column is one (method, protocol,
-profile, config hash, weights); when a method has records under several of these, each gets
+profile, config hash, weights, precision); when a method has records under several of these, each gets
 its own column with a suffix saying what differs (``uniad (unified)``, ``patchcore [quick]``,
-``draem {cfg 1a2b3c4d}``); unified models trained on different category sets are different
+``draem {cfg 1a2b3c4d}``, ``draem [bf16]``); unified models trained on different category sets are different
 settings too. Seeds of one setting are averaged, and the footnotes say over how
 many. Undefined values (e.g. no anomalous test image) show as ``n/a`` with a footnote giving
 the reason; a category with only failed records shows ``failed``. Means are over the categories
@@ -28,7 +28,7 @@ from adbench.jobs import categories_hash
 
 DEFAULT_METRICS = ("image_auroc", "pixel_auroc")
 FORMATS = ("md", "csv", "latex", "html")
-SETTING_KEYS = ("method", "protocol", "training", "profile", "config_hash", "weights")
+SETTING_KEYS = ("method", "protocol", "training", "profile", "config_hash", "weights", "precision")
 
 
 @dataclass
@@ -68,6 +68,7 @@ def long_frame(records: Iterable[dict[str, Any]], metrics: Optional[Iterable[str
                 "seed": r.get("seed"),
                 "config_hash": r.get("config_hash"),
                 "weights": r.get("weights") or "",
+                "precision": r.get("precision") or "fp32",  # records from before --precision: fp32
                 "geometry": r.get("geometry"),
                 "status": r.get("status"),
                 "metric": metric,
@@ -75,7 +76,7 @@ def long_frame(records: Iterable[dict[str, Any]], metrics: Optional[Iterable[str
                 "reason": (undefined.get(metric) if r.get("status") == "ok" else r.get("error")),
             })
     columns = ["method", "dataset", "category", "category_kind", "protocol", "training", "profile", "seed",
-               "config_hash", "weights", "geometry", "status", "metric", "value", "reason"]
+               "config_hash", "weights", "precision", "geometry", "status", "metric", "value", "reason"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -84,7 +85,7 @@ def column_labels(frame: pd.DataFrame) -> dict[tuple, str]:
     settings = frame[list(SETTING_KEYS)].drop_duplicates()
     labels: dict[tuple, str] = {}
     for method, group in settings.groupby("method", sort=True):
-        varies = {k: group[k].nunique() > 1 for k in ("training", "profile", "config_hash", "weights")}
+        varies = {k: group[k].nunique() > 1 for k in ("training", "profile", "config_hash", "weights", "precision")}
         unified_sets = group.loc[group["protocol"] != "single", "training"].nunique()
         for row in group.itertuples(index=False):
             label = str(method)
@@ -99,6 +100,8 @@ def column_labels(frame: pd.DataFrame) -> dict[tuple, str]:
                 label += f" [weights {row.weights or 'default'}]"
             if varies["config_hash"]:
                 label += f" {{cfg {row.config_hash}}}"
+            if varies["precision"]:
+                label += f" [{row.precision}]"
             labels[tuple(getattr(row, k) for k in SETTING_KEYS)] = label
     return labels
 

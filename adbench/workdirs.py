@@ -1,7 +1,7 @@
 """Scratch folders of jobs: named after the process that owns them, so leftovers can be found.
 
 A job keeps spill files, caches and checkpoint scratch in a private folder under the system
-temp folder, removed when the job ends. A job killed with ``kill -9`` (or by the out-of-memory
+temp folder (or ``--workdir``: GPU nodes often have a small /tmp), removed when the job ends. A job killed with ``kill -9`` (or by the out-of-memory
 killer) cannot remove its own; the next run does: a folder ``adbench-job-<host>-<pid>-*`` whose
 process no longer exists on this host is removed. Folders of live processes and of other hosts
 (a temp folder shared between machines) are never touched.

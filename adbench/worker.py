@@ -27,6 +27,7 @@ from adbench import environment
 from adbench.errors import UserError
 from adbench.jobs import Job
 from adbench.records import METRIC_KEYS, base_record, failed_records, now
+from adbench.precision import configure_backends
 from adbench.workdirs import make_workdir
 
 
@@ -111,16 +112,18 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
     seed_everything(job.seed, device)
     threads = torch.get_num_threads()
     gpu = gpu_facts(device, job.gpu)
+    precision_flags = configure_backends(job.precision, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     config = resolve_config(method_cls.Config, {"paper": {}}, "paper", job.config, method=job.method)
-    workdir = make_workdir()
+    workdir = make_workdir(job.workdir)
     try:
         checkpoints = make_checkpointing(job, method_cls, device)
         context = RunContext(device=device, seed=job.seed, weights=job.weights, profile=job.profile,
                              progress=job.progress, workdir=workdir,
-                             categories={c: indexes[c].info for c in job.categories}, checkpoints=checkpoints)
+                             categories={c: indexes[c].info for c in job.categories}, checkpoints=checkpoints,
+                             precision=job.precision)
         detector = method_cls(config, context)
         preprocess = detector.preprocess()
         batch_size = int(getattr(config, "batch_size", 32))
@@ -159,6 +162,8 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
                 resumed_from=resumed_from,
                 steps_this_attempt=checkpoints.steps_this_attempt,
                 checkpoints=checkpoints.report(),
+                knn_device=detector.knn_device(),
+                **precision_flags,
                 n_train_images=len(train),
                 torch_threads=threads,
             )

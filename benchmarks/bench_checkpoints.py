@@ -60,11 +60,13 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="adbench-bench-ckpt-") as tmp:
         results = args.results or Path(tmp) / "results"
-        print(f"{'method':22s} {'written':>7s} {'s/ckpt':>7s} {'final size':>11s}  (paper profile, random weights)")
+        print(f"{'method':22s} {'written':>7s} {'s/ckpt':>7s} {'largest':>11s} {'final':>11s}  "
+              f"(paper profile, random weights)")
         for method in args.methods:
             row = run_one(method, results)
             per = row["seconds"] / row["written"] if row["written"] else float("nan")
-            print(f"{method:22s} {row['written']:7d} {per:7.2f} {row['bytes'] / 2**20:9.1f} MiB"
+            largest = row.get("largest_bytes", row["bytes"])
+            print(f"{method:22s} {row['written']:7d} {per:7.2f} {largest / 2**20:7.1f} MiB {row['bytes'] / 2**20:7.1f} MiB"
                   + (f"  disabled: {row['disabled']}" if row["disabled"] else ""), flush=True)
 
 

@@ -55,6 +55,7 @@ from adbench.config import MethodConfig
 from adbench.data import Batch, load_all_images
 from adbench.detector import Detector, Prediction
 from adbench.errors import ConfigError
+from adbench.precision import full
 from adbench.registry import register_method
 
 
@@ -153,6 +154,7 @@ class Autoencoder(Detector):
     }
     produces_maps = True
     protocols = ("single", "unified")
+    precisions = ("fp32", "tf32", "bf16")  # networks run in context.autocast()
 
     def __init__(self, config: AutoencoderConfig, context=None):
         super().__init__(config, context)
@@ -191,7 +193,9 @@ class Autoencoder(Detector):
             for epoch in bar:
                 for idx in phase.batches(epoch, len(images), c.batch_size):
                     x = normalise(images[idx].to(self.device).float() / 255.0)
-                    loss = self.reconstruction_loss(self.model(x), x)
+                    with self.context.autocast():
+                        recon = self.model(x)
+                    loss = self.reconstruction_loss(full(recon), x)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -207,7 +211,9 @@ class Autoencoder(Detector):
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 1] images -> [0, 1] reconstructions."""
         self.model.eval()
-        return denormalise(self.model(normalise(images.to(self.device).float()))).clamp(0, 1)
+        with self.context.autocast():
+            recon = self.model(normalise(images.to(self.device).float()))
+        return denormalise(full(recon)).clamp(0, 1)
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:

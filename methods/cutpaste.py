@@ -123,6 +123,7 @@ from adbench.config import MethodConfig
 from adbench.data import Batch, load_all_images
 from adbench.detector import Detector, Prediction
 from adbench.errors import ConfigError, DataError
+from adbench.precision import full
 from adbench.registry import register_method
 from adbench.weights import NO_WEIGHTS, WeightsInfo, exact_tag, load_pretrained
 
@@ -422,7 +423,9 @@ class CutPasteTrainer:
                 images, labels = self.sampler(self._sample(data), self.rng)
             images, labels = images.to(device), labels.to(device)
             with torch_threads(cfg.num_threads):
-                _, logits = net(images)
+                with self.context.autocast():  # the network under --precision, the loss in float32
+                    _, logits = net(images)
+                logits = full(logits)
                 loss = F.cross_entropy(logits, labels)  # on logits: no softmax before the loss
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -470,7 +473,8 @@ class CutPasteTrainer:
         with torch_threads(self.config.num_threads):
             for i in range(0, len(images), bs):
                 chunk = images[i : i + bs].to(self.context.device)
-                feats = self.net.embed(chunk) if level == "pool" else self.net.level_features(chunk, int(level[5:]))
+                with self.context.autocast():
+                    feats = self.net.embed(chunk) if level == "pool" else self.net.level_features(chunk, int(level[5:]))
                 out.append(feats.float().cpu())
         return torch.cat(out)
 
@@ -533,6 +537,7 @@ class CutPaste(Detector):
     }
     produces_maps = False
     protocols = ("single",)
+    precisions = ("fp32", "tf32", "bf16")  # networks run in context.autocast()
 
     def __init__(self, config: CutPasteConfig, context=None):
         super().__init__(config, context)

@@ -210,6 +210,7 @@ class CutPastePatch(Detector):
     }
     produces_maps = True
     protocols = ("single",)
+    precisions = ("fp32", "tf32", "bf16")  # networks run in context.autocast()
 
     def _grid_shape(self, height: int, width: int) -> tuple[int, int]:
         """(Gy, Gx): patches per column and per row, ((size - patch) // stride + 1 on each axis)."""
@@ -231,7 +232,9 @@ class CutPastePatch(Detector):
         with torch_threads(cfg.num_threads):
             for i in range(0, len(flat), cfg.patch_batch_size):
                 chunk = flat[i : i + cfg.patch_batch_size].contiguous().to(self.device)
-                out.append(net.embed(chunk).float().cpu())
+                with self.context.autocast():  # the network under --precision, the GDE in float32
+                    feats = net.embed(chunk)
+                out.append(feats.float().cpu())
         return torch.cat(out).reshape(b, gy, gx, -1)
 
     def _aligned(self, categories: set[str]) -> tuple[bool, str]:

@@ -93,6 +93,7 @@ from adbench.config import MethodConfig
 from adbench.data import Batch, load_all_images
 from adbench.detector import Detector, Prediction
 from adbench.errors import ConfigError
+from adbench.precision import full
 from adbench.registry import register_method
 
 
@@ -479,6 +480,7 @@ class DRAEM(Detector):
     }
     produces_maps = True
     protocols = ("single", "unified")
+    precisions = ("fp32", "tf32", "bf16")  # networks run in context.autocast()
 
     def __init__(self, config: DRAEMConfig, context=None):
         super().__init__(config, context)
@@ -494,9 +496,12 @@ class DRAEM(Detector):
         self.epochs_run = 0
 
     def training_loss(self, normal: torch.Tensor, augmented: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """L2 + SSIM between reconstruction and the normal image, focal loss on the segmentation."""
-        recon = self.reconstructive(augmented)
-        logits = self.discriminative(torch.cat([recon, augmented], dim=1))
+        """L2 + SSIM between reconstruction and the normal image, focal loss on the segmentation
+        (the networks under ``--precision``, the losses in float32)."""
+        with self.context.autocast():
+            recon = self.reconstructive(augmented)
+            logits = self.discriminative(torch.cat([recon, augmented], dim=1))
+        recon, logits = full(recon), full(logits)
         return (F.mse_loss(recon, normal) + ssim_loss(recon, normal)
                 + focal_loss(logits, mask, gamma=self.config.focal_gamma))
 
@@ -546,9 +551,10 @@ class DRAEM(Detector):
         self.reconstructive.eval()
         self.discriminative.eval()
         x = images.to(self.device).float()
-        recon = self.reconstructive(x)
-        logits = self.discriminative(torch.cat([recon, x], dim=1))
-        return recon, torch.softmax(logits, dim=1)[:, 1]
+        with self.context.autocast():
+            recon = self.reconstructive(x)
+            logits = self.discriminative(torch.cat([recon, x], dim=1))
+        return full(recon), torch.softmax(full(logits), dim=1)[:, 1]
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:

@@ -57,6 +57,7 @@ flow steps (step 0 is 3x3 anyway), so a non-default value there is a ConfigError
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -69,6 +70,7 @@ from adbench.config import MethodConfig
 from adbench.data import Batch
 from adbench.detector import Detector, Prediction
 from adbench.errors import ConfigError
+from adbench.precision import full
 from adbench.registry import register_method
 
 
@@ -102,7 +104,11 @@ class FastFlowConfig(MethodConfig):
 
 
 class _Subnet(nn.Module):
-    """Coupling subnet: conv(k) -> ReLU -> conv(k), 'same' padding (predicts scale and shift)."""
+    """Coupling subnet: conv(k) -> ReLU -> conv(k), 'same' padding (predicts scale and shift).
+
+    Under ``--precision bf16`` only these convolutions run in bf16 (``autocast``, set by the
+    detector): their output returns as float32, so the coupling's affine transform, the fixed
+    permutations and every log-determinant stay in float32."""
 
     def __init__(self, cin: int, cout: int, kernel: int, hidden_ratio: float):
         super().__init__()
@@ -112,9 +118,12 @@ class _Subnet(nn.Module):
             nn.ReLU(),
             nn.Conv2d(hidden, cout, kernel, padding=kernel // 2),
         )
+        self.autocast = contextlib.nullcontext
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        with self.autocast():
+            out = self.net(x)
+        return full(out)
 
 
 def build_flow(
@@ -173,6 +182,7 @@ class FastFlow(Detector):
     }
     produces_maps = True
     protocols = ("single",)
+    precisions = ("fp32", "tf32", "bf16")  # networks run in context.autocast()
 
     def __init__(self, config: FastFlowConfig, context=None):
         super().__init__(config, context)
@@ -188,7 +198,14 @@ class FastFlow(Detector):
                 for s in shapes
             ]
         ).to(self.device)
+        for module in self.flows.modules():  # the subnets' convolutions run under --precision
+            if isinstance(module, _Subnet):
+                module.autocast = self.context.autocast
         self.loss_history: list[float] = []
+
+    def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        with self.context.autocast():
+            return full(self.backbone(images))
 
     def _flow(self, feats: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         zs, jacs = [], []
@@ -206,7 +223,7 @@ class FastFlow(Detector):
         self.norms.train()
         self.flows.train()
         self.loss_history = train_on_features(
-            self.backbone, train_loader, lambda feats: flow_nll(*self._flow(feats)),
+            self._features, train_loader, lambda feats: flow_nll(*self._flow(feats)),
             checkpoints=self.context.checkpoints, modules={"norms": self.norms, "flows": self.flows},
             optimizer=optimizer, epochs=cfg.epochs, cache=cfg.cache_features, batch_size=cfg.batch_size,
             device=self.device, desc="fastflow", progress=self.context.progress, loss_format=".1f",
@@ -217,7 +234,7 @@ class FastFlow(Detector):
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:
         images = batch.images.to(self.device)
-        zs, _ = self._flow(self.backbone(images))
+        zs, _ = self._flow(self._features(images))
         maps = anomaly_map(zs, tuple(images.shape[-2:]))
         return Prediction(scores=maps.flatten(1).max(dim=1).values, maps=maps)
 

@@ -42,6 +42,7 @@ from adbench.config import MethodConfig
 from adbench.data import Batch
 from adbench.detector import Detector, Prediction
 from adbench.errors import ConfigError, DataError
+from adbench.precision import full
 from adbench.registry import register_method
 
 
@@ -75,6 +76,7 @@ class FeatureGaussian(Detector):
     }
     produces_maps = True
     protocols = ("single", "unified")
+    precisions = ("fp32", "tf32", "bf16")  # networks run in context.autocast()
 
     def __init__(self, config: FeatureGaussianConfig, context=None):
         super().__init__(config, context)
@@ -96,7 +98,9 @@ class FeatureGaussian(Detector):
         """Images [B, 3, H, W] in [0, 1] -> vectors [B, L, d] on the stride-``grid_stride`` grid."""
         h, w = images.shape[-2] // self.config.grid_stride, images.shape[-1] // self.config.grid_stride
         maps = []
-        for fmap in self.backbone(images.to(self.device)):
+        with self.context.autocast():  # the backbone under --precision, the statistics in float32
+            fmaps = full(self.backbone(images.to(self.device)))
+        for fmap in fmaps:
             if fmap.shape[-2] > h:
                 fmap = F.adaptive_avg_pool2d(fmap, (h, w))
             elif fmap.shape[-2] < h:

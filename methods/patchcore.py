@@ -10,12 +10,12 @@
    (``components/coreset.py``). Embeddings are streamed to a float16 memmap in the job's scratch
    folder (``components/memory_bank.py``), so RAM does not grow with the number of images.
 3. Scoring. Each test patch's score is the Euclidean distance to its nearest bank entry (exact
-   faiss search, ``components/knn.py``). The anomaly map is the patch-score grid upsampled
-   bilinearly to the input size and smoothed with a Gaussian of sigma 4. The image score is
-   the maximum patch score; ``reweight=true`` applies the paper's Eq. 7: with m* the bank entry
-   nearest to the most anomalous test patch and N_b(m*) its b = 9 nearest bank neighbours
-   (m* included), s = (1 - softmax_{m in N_b(m*)}(|m_test - m|)[m*]) * s*, computed with
-   log-sum-exp, per image.
+   search: faiss on the CPU, torch or faiss-gpu on a GPU, ``components/knn.py``). The anomaly
+   map is the patch-score grid upsampled bilinearly to the input size and smoothed with a
+   Gaussian of sigma 4. The image score is the maximum patch score; ``reweight=true`` applies
+   the paper's Eq. 7: with m* the bank entry nearest to the most anomalous test patch and
+   N_b(m*) its b = 9 nearest bank neighbours (m* included),
+   s = (1 - softmax_{m in N_b(m*)}(|m_test - m|)[m*]) * s*, computed with log-sum-exp, per image.
 
 Where values come from (``paper`` profile): backbone, layers, 3x3 aggregation, 1024/1024 dims,
 10 % coreset with 128-d projection and 10 starts, k = 1, sigma 4 and resize 256 / crop 224 are
@@ -131,6 +131,7 @@ from adbench.config import MethodConfig
 from adbench.data import Batch
 from adbench.detector import Detector, Prediction
 from adbench.errors import ConfigError, DataError
+from adbench.precision import full
 from adbench.registry import register_method
 
 
@@ -229,6 +230,7 @@ class PatchCore(Detector):
     }
     produces_maps = True
     protocols = ("single", "unified")
+    precisions = ("fp32", "tf32", "bf16")  # networks run in context.autocast()
 
     def __init__(self, config: PatchCoreConfig, context=None):
         super().__init__(config, context)
@@ -262,7 +264,9 @@ class PatchCore(Detector):
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] in [0, 1] -> [B, D, h, w] patch embeddings on the finest layer's grid."""
-        return self.aggregator(self.backbone(images.to(self.device, torch.float32)))
+        with self.context.autocast():  # the backbone under --precision, the aggregation in float32
+            maps = full(self.backbone(images.to(self.device, torch.float32)))
+        return self.aggregator(maps)
 
     # --- 2. memory bank ---------------------------------------------------------------------
     def fit(self, train_loader: Iterable[Batch]) -> None:
@@ -278,6 +282,9 @@ class PatchCore(Detector):
                 extra={"bank": self.bank, "grid": list(self.grid), "facts": self.facts})
             checkpoints.training_done()
         self.knn = NearestNeighbours(self.bank, device=self.device)
+
+    def knn_device(self) -> Optional[str]:
+        return self.knn.where if self.knn is not None else None
 
     def _build_bank(self, train_loader: Iterable[Batch]) -> None:
         cfg = self.config

@@ -91,6 +91,7 @@ from adbench.config import MethodConfig
 from adbench.data import Batch
 from adbench.detector import Detector, Prediction
 from adbench.errors import ConfigError
+from adbench.precision import full
 from adbench.registry import register_method
 
 
@@ -312,6 +313,7 @@ class ReverseDistillation(Detector):
     }
     produces_maps = True
     protocols = ("single",)
+    precisions = ("fp32", "tf32", "bf16")  # networks run in context.autocast()
 
     def __init__(self, config: ReverseDistillationConfig, context=None):
         super().__init__(config, context)
@@ -329,8 +331,14 @@ class ReverseDistillation(Detector):
         self.student.to(self.device)
         self.loss_history: list[float] = []
 
+    def _teacher(self, images: torch.Tensor) -> list[torch.Tensor]:
+        with self.context.autocast():
+            return full(self.teacher(images))
+
     def _student(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        return self.student(self.bottleneck(feats))
+        """Bottleneck and student under ``--precision``; the cosine loss and maps in float32."""
+        with self.context.autocast():
+            return full(self.student(self.bottleneck(feats)))
 
     def fit(self, train_loader: Iterable[Batch]) -> None:
         cfg = self.config
@@ -340,7 +348,7 @@ class ReverseDistillation(Detector):
         self.bottleneck.train()
         self.student.train()
         self.loss_history = train_on_features(
-            self.teacher, train_loader, lambda feats: distillation_loss(feats, self._student(feats), cfg.loss),
+            self._teacher, train_loader, lambda feats: distillation_loss(feats, self._student(feats), cfg.loss),
             checkpoints=self.context.checkpoints, modules={"bottleneck": self.bottleneck, "student": self.student},
             optimizer=optimizer, epochs=cfg.epochs, cache=cfg.cache_features, batch_size=cfg.batch_size,
             device=self.device, desc="reverse_distillation", progress=self.context.progress, loss_format=".4f",
@@ -351,7 +359,7 @@ class ReverseDistillation(Detector):
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:
         images = batch.images.to(self.device)
-        feats = self.teacher(images)
+        feats = self._teacher(images)
         maps = anomaly_map(feats, self._student(feats), tuple(images.shape[-2:]), self.config.map_mode)
         maps = gaussian_blur(maps, self.config.blur_sigma)
         return Prediction(scores=maps.flatten(1).max(dim=1).values, maps=maps)

@@ -296,7 +296,7 @@ class ToCoAD(PatchCore):
             self.trainer = ToCoADTrainer(
                 cfg, weights=self.context.weights, allow_random_fallback=self.context.allow_random_weights,
                 device=self.device, seed=self.context.seed, progress=self.context.progress,
-                checkpoints=self.context.checkpoints,
+                checkpoints=self.context.checkpoints, autocast=self.context.autocast,
             )
             # PatchCore's frozen extractor is replaced by the (to be fine-tuned) F
             self.backbone = _PickLayers(self.trainer.F, self.trainer.pick_bank)

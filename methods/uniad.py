@@ -90,6 +90,7 @@ from adbench.config import MethodConfig
 from adbench.data import Batch
 from adbench.detector import Detector, Prediction
 from adbench.errors import ConfigError
+from adbench.precision import full
 from adbench.registry import register_method
 
 
@@ -163,6 +164,7 @@ class UniAD(Detector):
     }
     produces_maps = True
     protocols = ("single", "unified")
+    precisions = ("fp32", "tf32", "bf16")  # networks run in context.autocast()
 
     def __init__(self, config: UniADConfig, context=None):
         super().__init__(config, context)
@@ -200,7 +202,8 @@ class UniAD(Detector):
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1] -> aligned multi-scale features [B, C, gh, gw]."""
-        maps = self.backbone(images.to(self.device))
+        with self.context.autocast():
+            maps = full(self.backbone(images.to(self.device)))
         resized = [F.interpolate(m, size=self.grid, mode="bilinear", align_corners=True) for m in maps]
         return torch.cat(resized, dim=1)
 
@@ -227,8 +230,9 @@ class UniAD(Detector):
             for epoch in bar:
                 self.model.train()
                 for feats in self._epoch_batches(phase, epoch, cached, train_loader):
-                    rec = self.model(feats)
-                    loss = F.mse_loss(rec, feats)
+                    with self.context.autocast():
+                        rec = self.model(feats)
+                    loss = F.mse_loss(full(rec), feats)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     if cfg.grad_clip > 0:
@@ -278,7 +282,8 @@ class UniAD(Detector):
     def predict(self, batch: Batch) -> Prediction:
         self.model.eval()
         feats = self.features(batch.images)
-        rec = self.model(feats)
+        with self.context.autocast():
+            rec = full(self.model(feats))
         grid_map = torch.sqrt(((rec - feats) ** 2).sum(dim=1, keepdim=True))  # [B, 1, gh, gw]
         height, width = batch.images.shape[-2:]
         maps = F.interpolate(grid_map, size=(height, width), mode="bilinear", align_corners=True)

@@ -41,8 +41,8 @@ from adbench.registry import register_dataset, register_method
 
 
 def _triggered(var: str, categories) -> bool:
-    target = os.environ.get(var)
-    return bool(target) and target in set(categories)
+    targets = {t.strip() for t in os.environ.get(var, "").split(",") if t.strip()}  # one or a comma list
+    return bool(targets & set(categories))
 
 
 @dataclass
@@ -78,7 +78,8 @@ class KitMean(Detector):
         if _triggered("ADBENCH_KIT_FAIL_ON", cats):
             raise RuntimeError("deliberate failure in fit")
         if _triggered("ADBENCH_KIT_HANG_ON", cats):  # announce our pid, then train "forever"
-            Path(os.environ["ADBENCH_KIT_PIDFILE"]).write_text(str(os.getpid()))
+            with open(os.environ["ADBENCH_KIT_PIDFILE"], "a") as pidfile:  # a line per hanging job
+                pidfile.write(f"{os.getpid()}\n")
             time.sleep(120)
         if _triggered("ADBENCH_KIT_TERM_ON", cats):  # what `kill -TERM -<pgid>` does
             os.killpg(os.getpgid(0), signal.SIGTERM)

@@ -99,6 +99,40 @@ def test_job_dies_with_its_run(tmp_path):
             pass
 
 
+def test_two_jobs_at_once_die_with_their_run(tmp_path):
+    """``--jobs 2``: kill -9 of the CLI alone while both jobs train leaves neither alive."""
+    import time
+
+    data = adbench_testkit.make_kit_data(tmp_path / "data", categories=("obj_b", "obj_c"))
+    pidfile = tmp_path / "jobs.pid"
+    cmd = [sys.executable, str(REPO / "cli.py"), "run", "--plugin", "adbench_testkit", "--method", "kit_mean",
+           "--dataset", "kitgen", "--data-root", str(data), "--results", str(tmp_path / "res"), "-q",
+           "--jobs", "2", "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "ADBENCH_KIT_HANG_ON": "obj_b,obj_c",
+           "ADBENCH_KIT_PIDFILE": str(pidfile)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and (
+                not pidfile.exists() or len(pidfile.read_text().split()) < 2):
+            time.sleep(0.2)
+        pids = [int(p) for p in pidfile.read_text().split()]
+        assert len(pids) == 2, "both jobs should train at once"
+        proc.kill()
+        proc.wait(30)
+        for _ in range(100):
+            if not any(_alive(pid) for pid in pids):
+                break
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in pids), "a job process outlived its run"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -19,8 +19,9 @@ The method module (``methods/tocoad.py``) then builds the PatchCore memory bank 
 """
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from adbench.components.synth import (TextureSource, cutmix, cutout, cutpaste, n
 from adbench.components.simsiam_views import SimSiamViews
 from adbench.components.tocoad_networks import SiameseHeads, build_discriminator, ema_update
 from adbench.errors import ConfigError
+from adbench.precision import full
 
 
 def parse_ratio(text: str) -> tuple[int, int]:
@@ -133,8 +135,12 @@ class ToCoADTrainer:
 
     def __init__(self, cfg, *, weights=None, allow_random_fallback: bool = False,
                  device: torch.device = torch.device("cpu"), seed: int = 0, progress: bool = False,
-                 checkpoints: Optional[Checkpointing] = None):
+                 checkpoints: Optional[Checkpointing] = None,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
         self.cfg, self.device, self.progress = cfg, device, progress
+        # the networks' forward passes run under --precision (adbench.precision); losses get
+        # float32 logits
+        self.autocast = autocast
         self.checkpoints = checkpoints if checkpoints is not None else Checkpointing(seed=int(seed))
         self.rng = np.random.default_rng(int(seed))
         self.view_gen = torch.Generator().manual_seed(int(seed) + 1)
@@ -187,8 +193,9 @@ class ToCoADTrainer:
     def segment(self, images: torch.Tensor) -> torch.Tensor:
         """D's anomaly probability [B, H, W] for images in [0, 1] (diagnostics and tests)."""
         self.D.eval()
-        feats = self.F(images.to(self.device))
-        return self.discriminate(feats, images.shape[-2:]).softmax(dim=1)[:, 1]
+        with self.autocast():
+            logits = self.discriminate(self.F(images.to(self.device)), images.shape[-2:])
+        return full(logits).softmax(dim=1)[:, 1]
 
     def _batches(self, phase, epoch: int, n: int):
         """The stage's batches of one epoch (at most ``steps_per_epoch``; a last batch of one
@@ -205,9 +212,11 @@ class ToCoADTrainer:
         anomalies (eq. 1), the frozen F describes them, D segments them."""
         syn, masks = self.G(x, self.rng)
         syn, masks = syn.to(self.device), masks.to(self.device)
-        with torch.no_grad():
-            feats = self.F(syn)
-        return self.dis_criterion(self.discriminate(feats, syn.shape[-2:]), masks)
+        with self.autocast():
+            with torch.no_grad():
+                feats = self.F(syn)
+            logits = self.discriminate(feats, syn.shape[-2:])
+        return self.dis_criterion(full(logits), masks)
 
     def fit_dnp(self, images: Optional[torch.Tensor], epochs: Optional[int] = None) -> None:
         """Train D on synthetic anomalies with F frozen. ``images``: uint8/float [N, 3, H, W]
@@ -259,21 +268,25 @@ class ToCoADTrainer:
         views = self.make_views(x)
         b, m = x.shape[0], len(views)
         # F keeps its batch-norm in eval mode, so one forward of all views equals M forwards.
-        feats = self.F(torch.cat(views))
-        per_view = [[feats[i][v * b : (v + 1) * b] for i in self.pick_cl] for v in range(m)]
-        targets = None
-        if self.F_target is not None:
-            with torch.no_grad():
-                tf = self.F_target(torch.cat(views))
-            targets = [[tf[i][v * b : (v + 1) * b] for i in self.pick_cl] for v in range(m)]
-        return self.C.loss(per_view, targets)
+        with self.autocast():
+            feats = self.F(torch.cat(views))
+            per_view = [[feats[i][v * b : (v + 1) * b] for i in self.pick_cl] for v in range(m)]
+            targets = None
+            if self.F_target is not None:
+                with torch.no_grad():
+                    tf = self.F_target(torch.cat(views))
+                targets = [[tf[i][v * b : (v + 1) * b] for i in self.pick_cl] for v in range(m)]
+            loss = self.C.loss(per_view, targets)
+        return full(loss)
 
     def neg_loss(self, x: torch.Tensor) -> torch.Tensor:
         """L_neg: the frozen D's loss (``neg_criterion``) on synthetic anomalies of ``x`` seen
         through the current F."""
         syn, masks = self.G(x.cpu(), self.rng)
         syn, masks = syn.to(self.device), masks.to(self.device)
-        return self.neg_criterion(self.discriminate(self.F(syn), syn.shape[-2:]), masks)
+        with self.autocast():
+            logits = self.discriminate(self.F(syn), syn.shape[-2:])
+        return self.neg_criterion(full(logits), masks)
 
     def ncl_losses(self, x: torch.Tensor, with_neg: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(L_sym, L_neg) of one batch; ``with_neg=False`` (NCL without DNP) gives L_neg = 0."""
@@ -392,6 +405,7 @@ class ToCoADTrainer:
         x = self._float(images).to(self.device)
         if augment:
             x = SimSiamViews(tuple(x.shape[-2:]))(x, torch.Generator().manual_seed(0))
-        feats = self.F(x)
-        zs = self.C.project([feats[i] for i in self.pick_cl])
+        with self.autocast():
+            feats = self.F(x)
+            zs = full(self.C.project([feats[i] for i in self.pick_cl]))
         return [float(F.normalize(z, dim=1).std(dim=0).mean()) for z in zs]

@@ -109,6 +109,7 @@ class Checkpointing:
     saves: int = 0  # checkpoints written by this attempt (the record's ``checkpoints``)
     save_seconds: float = 0.0
     last_bytes: int = 0
+    largest_bytes: int = 0  # mid-training ones hold the optimiser's state too
 
     def __post_init__(self) -> None:
         self._last_save = self._attempt_started = self.clock()
@@ -188,6 +189,7 @@ class Checkpointing:
             self.saves += 1
             self.save_seconds += time.perf_counter() - started
             self.last_bytes = self.file.size_on_disk()
+            self.largest_bytes = max(self.largest_bytes, self.last_bytes)
         self._last_save = self.clock()
 
     def report(self) -> Optional[dict[str, Any]]:
@@ -196,7 +198,7 @@ class Checkpointing:
         if self.file is None:
             return None
         return {"written": self.saves, "seconds": round(self.save_seconds, 3), "bytes": self.last_bytes,
-                "disabled": self.file.disabled}
+                "largest_bytes": self.largest_bytes, "disabled": self.file.disabled}
 
     def _estimate_bytes(self) -> int:
         """Modules x 3 (weights + an optimiser's two moments), finished phases included."""

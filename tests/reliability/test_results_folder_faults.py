@@ -222,3 +222,25 @@ def test_a_killed_job_leaves_a_folder_the_next_run_removes(kit, tmp_path):
     again = _cli(kit, results, "--category", "obj_b", env={"TMPDIR": str(scratch)})
     assert again.returncode == 0 and "note: removed 1 work folder(s) left by killed jobs" in again.stderr
     assert not left[0].exists()
+
+
+def test_workdir_option_holds_job_folders_and_is_checked_up_front(kit, tmp_path):
+    """``--workdir``: jobs' work folders go there (a killed job's is found and removed there by
+    the next run), and a --workdir that cannot be written is one exit-2 line before any job."""
+    from adbench.workdirs import PREFIX
+
+    scratch = tmp_path / "scratch" / "deeper"  # created when missing
+    results = tmp_path / "res"
+    out = _cli(kit, results, "--category", "obj_b", "--workdir", str(scratch), env={"ADBENCH_KIT_DIE_ON": "obj_b"})
+    assert out.returncode == 1
+    left = list(scratch.glob(f"{PREFIX}*"))
+    assert len(left) == 1, left
+    again = _cli(kit, results, "--category", "obj_b", "--workdir", str(scratch))
+    assert again.returncode == 0 and "note: removed 1 work folder(s) left by killed jobs" in again.stderr
+    assert not left[0].exists()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    bad = _cli(kit, tmp_path / "res2", "--workdir", str(a_file / "sub"))
+    assert bad.returncode == 2 and _error_lines(bad.stderr) == [
+        f"error: --workdir {a_file / 'sub'}: cannot write there (Not a directory)"]
+    assert not (tmp_path / "res2").exists() or not list((tmp_path / "res2").rglob("*.json"))
