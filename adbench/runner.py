@@ -149,7 +149,8 @@ def plan_run(opts: RunOptions) -> Plan:
     jobs: list[Job] = []
     fp32_only = [m for m in methods if precision not in METHODS.get(m).precisions]
     if fp32_only:
-        notes.append(f"{', '.join(fp32_only)} run in fp32: --precision {precision} does not apply to them")
+        notes.append(f"--precision {precision} does not apply to {', '.join(fp32_only)} (no networks under "
+                     f"autocast): fp32 there, and their records say so")
     for method in methods:
         config = configs[method]
         groups = [[c] for c in categories] if opts.protocol == "single" else [list(categories)]

@@ -100,7 +100,8 @@ def test_run_records_precision_and_fp32_only_methods_say_so(tmp_path):
     assert run(RunOptions(method="kit_mean", **common)).exit_code == 0
     summary = run(RunOptions(method="kit_mean", precision="bf16", **common), log=notes.append)
     assert summary.exit_code == 0 and len(summary.plan.skipped_done) == 1  # fp32 job: the same job
-    assert "note: kit_mean run in fp32: --precision bf16 does not apply to them" in notes
+    assert ("note: --precision bf16 does not apply to kit_mean (no networks under autocast): fp32 there, "
+            "and their records say so") in notes
     records = [json.loads(p.read_text()) for p in (tmp_path / "r").rglob("*.json")]
     assert len(records) == 1 and records[0]["precision"] == "fp32" and records[0]["tf32"] is False
     assert records[0]["autocast"] is None and records[0]["cudnn_benchmark"] is False
