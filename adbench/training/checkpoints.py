@@ -28,6 +28,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from adbench.store import write_atomic
+
 FORMAT = 1
 SUFFIX = ".ckpt"
 HEADER_SUFFIX = ".ckpt.json"
@@ -74,30 +76,8 @@ def read_header(path: Path) -> Optional[Header]:
 
 
 def _atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _atomic_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """``torch.save`` through the store's atomic writer (a kill mid-write keeps the old file)."""
+    write_atomic(path, lambda fh: torch.save(payload, fh))
 
 
 def remove(path: Path) -> None:
@@ -160,7 +140,8 @@ class CheckpointFile:
         payload = {"header": header.to_dict(), "state": state}
         try:
             _atomic_torch_save(payload, self.path)
-            _atomic_text(json.dumps(header.to_dict(), indent=1, sort_keys=True), header_path(self.path))
+            text = json.dumps(header.to_dict(), indent=1, sort_keys=True)
+            write_atomic(header_path(self.path), lambda fh: fh.write(text.encode("utf-8")))
         except Exception as exc:  # noqa: BLE001 - a checkpoint failure is never a failed job
             reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:120]
             self.disable(f"cannot write {self.path} ({reason})")
