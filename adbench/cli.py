@@ -113,6 +113,13 @@ def main() -> None:
 @click.option("--workdir", default=None, type=click.Path(file_okay=False),
               help="Where jobs keep work files (spill files, caches) [default: the system temp folder; "
                    "GPU nodes often have a small /tmp].")
+@click.option("--workers", default=None, type=int,
+              help="DataLoader worker processes per job [default: on a GPU the job's CPUs minus one, at most "
+                   "8; on a CPU none]; results do not depend on it.")
+@click.option("--cache-gb", default=None, type=float, metavar="GIB",
+              help="RAM per job for decoded training images and cached features; what does not fit is "
+                   "memory-mapped under --workdir [default: a quarter of the available memory, divided "
+                   "between the jobs that run at once].")
 @click.option("--keep-checkpoints", is_flag=True,
               help="Keep each job's final checkpoint (the trained model) after its record is written.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
@@ -121,7 +128,7 @@ def main() -> None:
 def run_cmd(method, dataset, data_root, category, profile, set_options, config_file, seed, protocol,
             results, weights, device, plugins, rerun, executor, metric, save_predictions, n_jobs, job_timeout,
             cpus_per_job, gpus_per_job, memory_per_job, checkpoint_every, checkpoint_dir, precision, workdir,
-            keep_checkpoints, quiet, debug) -> None:
+            workers, cache_gb, keep_checkpoints, quiet, debug) -> None:
     """Run methods over a dataset's categories; print the per-category table."""
     from adbench.errors import ConfigError
     from adbench.records import METRIC_KEYS
@@ -142,6 +149,7 @@ def run_cmd(method, dataset, data_root, category, profile, set_options, config_f
         checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir, keep_checkpoints=keep_checkpoints,
         jobs=n_jobs, job_timeout=job_timeout, cpus_per_job=cpus_per_job, gpus_per_job=gpus_per_job,
         memory_per_job=memory_per_job, workdir=workdir, precision=precision,
+        workers=workers, cache_gb=cache_gb,
     )
     summary = run(opts)
     tables = build_tables(summary.records, metrics)

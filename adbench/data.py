@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -90,10 +90,14 @@ class Preprocess:
 
     def image(self, img: Image.Image) -> torch.Tensor:
         """RGB PIL image -> [3, S, S] float tensor in [0, 1]."""
+        return self.image_uint8(img).float() / 255.0
+
+    def image_uint8(self, img: Image.Image) -> torch.Tensor:
+        """RGB PIL image -> [3, S, S] uint8 tensor (what the decoded-image cache keeps;
+        ``image`` is exactly this divided by 255)."""
         img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
-        arr = np.asarray(img, dtype=np.float32) / 255.0
-        tensor = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-        return self._crop(tensor)
+        tensor = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        return self._crop(tensor).contiguous()
 
     def mask(self, mask: np.ndarray) -> torch.Tensor:
         """Boolean [h, w] mask -> [S, S] bool tensor, nearest-neighbour so it stays binary."""
@@ -173,12 +177,14 @@ def _short(exc: BaseException) -> str:
 # torch Dataset and loaders
 # --------------------------------------------------------------------------------------------
 class SampleDataset(torch.utils.data.Dataset):
-    """Reads samples in place (never copies data) and applies the method's geometry."""
+    """Reads samples in place (never copies data) and applies the method's geometry.
+    ``uint8`` hands images over as uint8 (the decoded-image cache) instead of float in [0, 1]."""
 
-    def __init__(self, samples: Sequence[Sample], preprocess: Preprocess, with_masks: bool):
+    def __init__(self, samples: Sequence[Sample], preprocess: Preprocess, with_masks: bool, uint8: bool = False):
         self.samples = list(samples)
         self.preprocess = preprocess
         self.with_masks = with_masks
+        self.uint8 = uint8
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -187,7 +193,7 @@ class SampleDataset(torch.utils.data.Dataset):
         sample = self.samples[index]
         img = load_rgb(sample.path)
         item = {
-            "image": self.preprocess.image(img),
+            "image": self.preprocess.image_uint8(img) if self.uint8 else self.preprocess.image(img),
             "label": int(sample.label),
             "path": str(sample.path),
             "category": sample.category,
@@ -226,9 +232,15 @@ def make_loader(
     train: bool,
     seed: int = 0,
     num_workers: int = 0,
+    pin_memory: bool = False,
+    uint8: bool = False,
 ) -> torch.utils.data.DataLoader:
-    """Train loaders shuffle (seeded) and carry no masks; test loaders keep order and masks."""
-    dataset = SampleDataset(samples, preprocess, with_masks=not train)
+    """Train loaders shuffle (seeded) and carry no masks; test loaders keep order and masks.
+    ``num_workers`` decode in worker processes (``adbench.inputs.settings``), ``pin_memory``
+    lets CUDA copies run asynchronously; neither changes a batch."""
+    from adbench.inputs.settings import worker_context  # (adbench.inputs imports this module)
+
+    dataset = SampleDataset(samples, preprocess, with_masks=not train, uint8=uint8)
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
         dataset,
@@ -236,21 +248,9 @@ def make_loader(
         shuffle=train,
         drop_last=False,
         num_workers=num_workers,
+        pin_memory=pin_memory,
+        multiprocessing_context=worker_context(num_workers),
         collate_fn=collate,
         generator=generator,
         persistent_workers=False,
     )
-
-
-def load_all_images(loader: torch.utils.data.DataLoader, progress: Optional[Callable] = None) -> torch.Tensor:
-    """Stack every image of a (small) training loader into one uint8 [N, 3, H, W] tensor.
-
-    Methods that sample many augmented steps per epoch (CutPaste, DRAEM) keep the training
-    set in memory as uint8 (4x smaller than float) instead of decoding files every step.
-    """
-    chunks = []
-    for batch in loader:
-        chunks.append((batch.images * 255.0 + 0.5).clamp(0, 255).to(torch.uint8))
-        if progress is not None:
-            progress(len(batch))
-    return torch.cat(chunks) if chunks else torch.empty(0, 3, 1, 1, dtype=torch.uint8)

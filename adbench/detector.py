@@ -31,6 +31,7 @@ import torch
 
 from adbench.config import MethodConfig
 from adbench.data import Batch, Preprocess
+from adbench.inputs import DecodedImages, InputSettings, decode_training_images
 from adbench.training import Checkpointing
 from adbench.weights import NO_WEIGHTS, WeightsInfo
 
@@ -83,6 +84,10 @@ class RunContext:
     precision: ``fp32``, ``tf32`` or ``bf16`` (``adbench.precision``): neural methods run their
               networks' forward passes in ``with context.autocast():`` and bring the outputs
               back to float32 with ``adbench.precision.full`` before losses and statistics.
+    inputs:   the job's DataLoader workers and cache RAM (``adbench.inputs``). Methods that
+              go over their training images more than once take them from
+              ``training_images(train_loader)`` (decoded once per job) and make their batches
+              with ``adbench.inputs.BatchStream``.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -94,6 +99,38 @@ class RunContext:
     categories: dict[str, CategoryInfo] = field(default_factory=dict)
     checkpoints: Checkpointing = field(default_factory=Checkpointing)
     precision: str = "fp32"
+    inputs: InputSettings = field(default_factory=InputSettings)
+    _decoded: Optional[DecodedImages] = field(default=None, repr=False)
+    _image_cache_facts: Optional[dict[str, Any]] = field(default=None, repr=False)
+
+    def training_images(self, train_loader: Iterable[Batch]) -> torch.Tensor:
+        """The job's training images as uint8 [N, 3, S, S], decoded once per job (every later
+        call returns the same array: ToCoAD's stages and its memory bank share one decode)."""
+        return self.decoded_training_images(train_loader).tensor
+
+    def decoded_training_images(self, train_loader: Iterable[Batch]) -> DecodedImages:
+        """``training_images`` with where they live (the record's ``image_cache``)."""
+        if self._decoded is None:
+            self._decoded = decode_training_images(train_loader, self.inputs, self.workdir)
+        return self._decoded
+
+    @property
+    def decoded(self) -> Optional[DecodedImages]:
+        """The training images if this job decoded them already (else None: nothing decodes)."""
+        return self._decoded
+
+    def release_training_images(self) -> None:
+        """Training is over: free the decoded images (the harness calls it after ``fit``),
+        keeping what the record says about them."""
+        if self._decoded is not None:
+            self._image_cache_facts = self._decoded.describe()
+            self._decoded = None
+
+    def image_cache_facts(self) -> Optional[dict[str, Any]]:
+        """What the decoded-image cache held (None when no method asked for it)."""
+        if self._decoded is not None:
+            return self._decoded.describe()
+        return self._image_cache_facts
 
     def autocast(self):
         """The context for the networks' forward passes (``adbench.precision.autocast``)."""

@@ -44,6 +44,9 @@ class Job:
     threads: Optional[int] = None
     gpu: Optional[int] = None
     workdir: Optional[str] = None  # parent of the job's work folder (--workdir); None: system temp
+    # the input pipeline (adbench.inputs; not part of key(): they never change a result)
+    workers: Optional[int] = None  # DataLoader workers (--workers); None: from the job's CPUs
+    cache_bytes: Optional[int] = None  # RAM for decoded images and features (--cache-gb); None: auto
 
     # --- identity ------------------------------------------------------------------------
     @property

@@ -63,3 +63,25 @@ def full(value):
     if isinstance(value, (list, tuple)):
         return type(value)(full(v) for v in value)
     return value
+
+
+def channels_last(owner: Any) -> int:
+    """Put every network an object holds (its ``nn.Module`` attributes, and those of objects
+    it holds one level down, such as a trainer) in channels_last memory format; returns how
+    many modules were converted. cuDNN's bf16 tensor-core convolutions prefer NHWC; whether it
+    pays on a given method is measured by ``benchmarks/gpu_steps.py`` (``bf16+cl``) before any
+    profile turns it on."""
+    seen: set[int] = set()
+
+    def visit(obj: Any, depth: int) -> int:
+        count = 0
+        for value in list(vars(obj).values()) if hasattr(obj, "__dict__") else []:
+            if isinstance(value, torch.nn.Module) and id(value) not in seen:
+                seen.add(id(value))
+                value.to(memory_format=torch.channels_last)
+                count += 1
+            elif depth > 0 and hasattr(value, "__dict__") and not isinstance(value, (torch.Tensor, type)):
+                count += visit(value, depth - 1)
+        return count
+
+    return visit(owner, 1)

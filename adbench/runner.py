@@ -58,6 +58,8 @@ class RunOptions:
     keep_checkpoints: bool = False  # keep each job's final checkpoint (the trained model)
     workdir: Optional[str] = None  # where jobs keep work files; default: the system temp folder
     precision: str = "fp32"  # fp32 | tf32 | bf16 (adbench.precision)
+    workers: Optional[int] = None  # DataLoader workers per job; None: GPU jobs their CPUs - 1 (max 8), CPU jobs 0
+    cache_gb: Optional[float] = None  # RAM per job for decoded images / features; None: auto
 
 
 @dataclass
@@ -170,6 +172,10 @@ def plan_run(opts: RunOptions) -> Plan:
     if opts.checkpoint_every < 0:
         raise ConfigError(f"--checkpoint-every {opts.checkpoint_every}: must be >= 0 (0 turns checkpoints off)")
     ckpt_root = Path(opts.checkpoint_dir).expanduser().resolve() if opts.checkpoint_dir else store.root / ".checkpoints"
+    check_input_options(opts)
+    for job in jobs:
+        job.workers = opts.workers
+        job.cache_bytes = None if opts.cache_gb is None else int(opts.cache_gb * 2**30)
     workdir = check_workdir(opts.workdir)
     for job in jobs:
         job.workdir = workdir
@@ -181,6 +187,14 @@ def plan_run(opts: RunOptions) -> Plan:
         todo = [j for j in jobs if not store.is_done(j)]
         done = [j for j in jobs if j not in todo]
     return Plan(jobs=jobs, todo=todo, skipped_done=done, notes=notes, store=store)
+
+
+def check_input_options(opts: RunOptions) -> None:
+    """``--workers`` and ``--cache-gb`` (one exit-2 line each)."""
+    if opts.workers is not None and int(opts.workers) < 0:
+        raise ConfigError(f"--workers {opts.workers}: must be 0 (load in the job's own process) or more")
+    if opts.cache_gb is not None and not float(opts.cache_gb) >= 0:
+        raise ConfigError(f"--cache-gb {opts.cache_gb}: must be 0 (always spill to --workdir) or more")
 
 
 def check_workdir(workdir: Optional[str]) -> Optional[str]:

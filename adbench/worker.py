@@ -123,17 +123,20 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
         context = RunContext(device=device, seed=job.seed, weights=job.weights, profile=job.profile,
                              progress=job.progress, workdir=workdir,
                              categories={c: indexes[c].info for c in job.categories}, checkpoints=checkpoints,
-                             precision=job.precision)
+                             precision=job.precision, inputs=input_settings(job, device))
         detector = method_cls(config, context)
         preprocess = detector.preprocess()
         batch_size = int(getattr(config, "batch_size", 32))
         eval_batch_size = int(getattr(config, "eval_batch_size", None) or batch_size)
+        inputs = context.inputs
+        loading = {"num_workers": inputs.workers, "pin_memory": inputs.pin_memory}
 
         train = [s for c in job.categories for s in indexes[c].train]
-        train_loader = make_loader(train, preprocess, batch_size=batch_size, train=True, seed=job.seed)
+        train_loader = make_loader(train, preprocess, batch_size=batch_size, train=True, seed=job.seed, **loading)
         t0 = time.perf_counter()
         detector.fit(train_loader)
         _sync(device)
+        context.release_training_images()
         fit_seconds = checkpoints.fit_seconds_before + (time.perf_counter() - t0)  # every attempt
         resumed = checkpoints.resumed
         resumed_from = None if resumed is None else {
@@ -144,7 +147,8 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
         for category in job.categories:
             record = base_record(job, category, started)
             record["training_categories"] = list(job.categories)
-            test_loader = make_loader(indexes[category].test, preprocess, batch_size=eval_batch_size, train=False)
+            test_loader = make_loader(indexes[category].test, preprocess, batch_size=eval_batch_size, train=False,
+                                      **loading)
             evaluation = _evaluate(detector, test_loader, device, method_cls, StreamingEvaluator, category,
                                    progress=job.progress, save_predictions=job.save_predictions)
             record.update(evaluation)
@@ -163,6 +167,8 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
                 steps_this_attempt=checkpoints.steps_this_attempt,
                 checkpoints=checkpoints.report(),
                 knn_device=detector.knn_device(),
+                input_pipeline=inputs.record(),
+                image_cache=context.image_cache_facts(),
                 **precision_flags,
                 n_train_images=len(train),
                 torch_threads=threads,
@@ -177,6 +183,20 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
         return records
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def input_settings(job: Job, device):
+    """The job's ``adbench.inputs.InputSettings``: ``--workers`` / ``--cache-gb`` when given,
+    else the defaults for the CPUs the job has and the jobs that share its machine (a job with
+    ``threads`` of a machine's cores is one of ``cores // threads`` jobs at once)."""
+    from adbench.inputs import InputSettings, default_cache_bytes, default_workers
+    from adbench.inputs.settings import job_cpus
+
+    cpus = job_cpus(job.threads)
+    workers = default_workers(cpus, on_gpu=device.type == "cuda") if job.workers is None else int(job.workers)
+    at_once = max(1, job_cpus(None) // cpus) if job.threads else 1
+    cache = default_cache_bytes(at_once) if job.cache_bytes is None else int(job.cache_bytes)
+    return InputSettings(workers=workers, cache_bytes=cache, pin_memory=device.type == "cuda")
 
 
 def gpu_facts(device, physical_index: Optional[int]) -> Optional[dict[str, Any]]:

@@ -52,7 +52,8 @@ from tqdm import tqdm
 from adbench.components.blur import gaussian_blur
 from adbench.components.losses import ssim_loss, ssim_map
 from adbench.config import MethodConfig
-from adbench.data import Batch, load_all_images
+from adbench.data import Batch
+from adbench.inputs import BatchStream, gather, to_device
 from adbench.detector import Detector, Prediction
 from adbench.errors import ConfigError
 from adbench.precision import full
@@ -181,26 +182,29 @@ class Autoencoder(Detector):
         if checkpoints.finished("train"):  # trained in an earlier attempt: no data needed
             phase = checkpoints.phase("train", modules={"model": self.model})
         else:
-            images = load_all_images(train_loader)  # uint8 [N, 3, H, W]: decode files once
+            images = self.context.training_images(train_loader)  # uint8 [N, 3, H, W], decoded once per job
             steps_per_epoch = max(1, math.ceil(len(images) / c.batch_size))
             # quick caps steps so large training sets cost what small ones do
             epochs = c.epochs if c.max_steps is None else max(1, min(c.epochs, c.max_steps // steps_per_epoch))
             optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
             self.model.train()
             phase = checkpoints.phase("train", modules={"model": self.model}, optimizers={"adam": optimizer})
+            stream = BatchStream(phase.plan(epochs, len(images), c.batch_size), gather(images),
+                                 self.context.inputs.in_process())
             bar = tqdm(phase.epochs(epochs), total=epochs, initial=phase.epoch, desc="autoencoder",
                        disable=not self.context.progress)
             for epoch in bar:
-                for idx in phase.batches(epoch, len(images), c.batch_size):
-                    x = normalise(images[idx].to(self.device).float() / 255.0)
+                for (batch,) in stream.epoch(epoch):
+                    x = normalise(to_device(batch, self.device).float() / 255.0)
                     with self.context.autocast():
                         recon = self.model(x)
                     loss = self.reconstruction_loss(full(recon), x)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    phase.step_done(loss, len(idx))
+                    phase.step_done(loss, len(x))
                 bar.set_postfix(loss=f"{phase.epoch_done():.4f}")
+            stream.close()
             phase.finish()
             checkpoints.training_done()
         self.epochs_run = len(phase.history)

@@ -120,7 +120,8 @@ from tqdm import tqdm
 from adbench.components.gde import GaussianDensity
 from adbench.components.synth import CutPasteSampler, color_jitter
 from adbench.config import MethodConfig
-from adbench.data import Batch, load_all_images
+from adbench.data import Batch
+from adbench.inputs import BatchStream, sample_rng, to_device
 from adbench.detector import Detector, Prediction
 from adbench.errors import ConfigError, DataError
 from adbench.precision import full
@@ -337,6 +338,40 @@ def set_batchnorm_eval(module: nn.Module) -> None:
         m.eval()
 
 
+class StepBatches:
+    """The batch function of a phase's step plan: ticket (0, step) -> ``step_batch``."""
+
+    def __init__(self, trainer: "CutPasteTrainer", data: torch.Tensor, phase_name: str):
+        self.trainer, self.data, self.phase_name = trainer, data, phase_name
+
+    def __call__(self, ticket):
+        return self.trainer.step_batch(self.data, self.phase_name, ticket[1])
+
+
+class StepLog:
+    """Per-step loss and accuracy, kept on the device and read ``EVERY`` steps (and before a
+    checkpoint): one host synchronisation per flush instead of two per step."""
+
+    EVERY = 50
+
+    def __init__(self, history: list, phase: str):
+        self.history, self.phase = history, phase
+        self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+
+    def add(self, step: int, loss: torch.Tensor, acc: torch.Tensor) -> None:
+        self._pending.append((step, loss.detach().float(), acc.detach()))
+
+    def flush(self) -> tuple[float, float]:
+        """Move the pending values into ``history``; returns the last (loss, accuracy)."""
+        if self._pending:
+            values = torch.stack([torch.stack([l, a]) for _, l, a in self._pending]).tolist()
+            for (step, _, _), (loss, acc) in zip(self._pending, values):
+                self.history.append({"phase": self.phase, "step": step, "loss": loss, "acc": acc})
+            self._pending = []
+        last = self.history[-1] if self.history else {"loss": float("nan"), "acc": float("nan")}
+        return last["loss"], last["acc"]
+
+
 class CutPasteTrainer:
     """The training loop shared by the image-level and patch-level detectors.
 
@@ -359,27 +394,35 @@ class CutPasteTrainer:
             config.backbone, config.pretrained, context.weights, allow_fallback=context.allow_random_weights
         )
         self.net = CutPasteNet(encoder, tuple(config.head_dims), self.sampler.num_classes).to(context.device)
-        self.rng = np.random.default_rng(self.seed)
         self.history: list[dict] = []
         self.seconds_per_step: Optional[float] = None
 
     def images_per_step(self) -> int:
         return max(1, self.config.batch_size // self.sampler.num_classes)
 
-    def _sample(self, data: torch.Tensor) -> torch.Tensor:
+    def _sample(self, data: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """Images of one step, input-augmented. For the patch model a random crop is taken
         first: a random crop location already is a random translation, so only the colour
         jitter is applied on top (cheaper than augmenting the full image)."""
-        idx = self.rng.integers(0, len(data), size=self.images_per_step())
+        idx = rng.integers(0, len(data), size=self.images_per_step())
         images = data[torch.from_numpy(idx)]
         if self.crop:
             _, _, h, w = images.shape
             c = min(self.crop, h, w)
-            tops = self.rng.integers(0, h - c + 1, size=len(images))
-            lefts = self.rng.integers(0, w - c + 1, size=len(images))
+            tops = rng.integers(0, h - c + 1, size=len(images))
+            lefts = rng.integers(0, w - c + 1, size=len(images))
             images = torch.stack([im[:, t : t + c, l : l + c] for im, t, l in zip(images, tops, lefts)])
-            return augment_inputs(images.float() / 255.0, self.rng, 0.0, self.config.input_jitter)
-        return augment_inputs(images.float() / 255.0, self.rng, self.config.translate, self.config.input_jitter)
+            return augment_inputs(images.float() / 255.0, rng, 0.0, self.config.input_jitter)
+        return augment_inputs(images.float() / 255.0, rng, self.config.translate, self.config.input_jitter)
+
+    def step_batch(self, data: torch.Tensor, phase_name: str, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (images, class labels) of one training step: the step's images, augmented, and
+        their CutPaste variants, all drawn from a generator seeded by (seed, phase, step) alone,
+        so the DataLoader workers that make it (``adbench.inputs``) never change a batch.
+        Single-threaded: augmentations are many tiny ops (``torch_threads``)."""
+        rng = sample_rng(self.seed, phase_name, 0, step)
+        with torch_threads(1):
+            return self.sampler(self._sample(data, rng), rng)
 
     def _phase(self, data: Optional[torch.Tensor], epochs: int, lr: float, head_only: bool, desc: str) -> None:
         """One training phase (head only, or all layers), resumable: checkpoint phase
@@ -392,9 +435,8 @@ class CutPasteTrainer:
         net = self.net
         checkpoints = self.context.checkpoints
         phase_name = self.name + ("head" if head_only else "full")
-        generators = {"augment": self.rng}
         if checkpoints.finished(phase_name):
-            phase = checkpoints.phase(phase_name, modules={"net": net}, generators=generators)
+            phase = checkpoints.phase(phase_name, modules={"net": net})
             self.history += phase.extra_state.get("history", [])
             return
         for p in net.encoder.parameters():
@@ -409,8 +451,12 @@ class CutPasteTrainer:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
         device = self.context.device
         phase = checkpoints.phase(phase_name, modules={"net": net}, optimizers={"sgd": opt},
-                                  schedulers={"cosine": sched}, generators=generators)
+                                  schedulers={"cosine": sched})
         history = phase.extra_state.setdefault("history", [])
+        log = StepLog(history, desc)
+        plan = ((0, step) for step in range(phase.step, steps))
+        stream = BatchStream(plan, StepBatches(self, data, phase_name), self.context.inputs)
+        batches = stream.epoch(0)
         bar = tqdm(phase.steps(steps), total=steps, initial=phase.step, desc=desc, disable=not self.context.progress)
         started, first = time.perf_counter(), phase.step
         for step in bar:
@@ -419,9 +465,7 @@ class CutPasteTrainer:
                 net.encoder.eval()
             elif frozen_bn:
                 set_batchnorm_eval(net.encoder)
-            with torch_threads(1):
-                images, labels = self.sampler(self._sample(data), self.rng)
-            images, labels = images.to(device), labels.to(device)
+            images, labels = to_device(next(batches), device)
             with torch_threads(cfg.num_threads):
                 with self.context.autocast():  # the network under --precision, the loss in float32
                     _, logits = net(images)
@@ -431,11 +475,13 @@ class CutPasteTrainer:
                 loss.backward()
                 opt.step()
             sched.step()
-            acc = float((logits.argmax(1) == labels).float().mean())
-            history.append({"phase": desc, "step": step, "loss": float(loss.detach()), "acc": acc})
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", acc=f"{acc:.2f}")
+            log.add(step, loss, (logits.argmax(1) == labels).float().mean())
+            if step % StepLog.EVERY == 0 or checkpoints.due():  # a checkpoint keeps the whole history
+                loss_now, acc_now = log.flush()
+                bar.set_postfix(loss=f"{loss_now:.3f}", acc=f"{acc_now:.2f}")
             phase.step_done(loss)
+        log.flush()
+        stream.close()
         ran = phase.step - first
         self.seconds_per_step = (time.perf_counter() - started) / ran if ran else None
         phase.finish()
@@ -506,7 +552,7 @@ class CutPaste(Detector):
     ``feature_level`` (table 3), ``ensemble`` (table 1 "Ensemble").
     """
 
-    VERSION = 2  # 2: resumable training phases
+    VERSION = 3  # 2: resumable training phases; 3: each step's augmentations seeded by (seed, phase, step)
     Config = CutPasteConfig
     PROFILES = {
         "paper": {},
@@ -549,7 +595,7 @@ class CutPaste(Detector):
         state as seeded by the harness (so ``ensemble=1`` is exactly the single-model run);
         member i >= 1 reseeds torch with job seed + i first."""
         cfg = self.config
-        data = load_all_images(train_loader)
+        data = self.context.training_images(train_loader)  # uint8, decoded once per job
         self.members = []
         for i in range(cfg.ensemble):
             seed = int(self.context.seed) + i

@@ -197,7 +197,7 @@ class CutPastePatch(Detector):
     """CutPaste patch-level detector: 32x32-crop CutPaste training, dense patch GDE, Gaussian
     receptive-field upsampling. See the module docstring for sources and choices."""
 
-    VERSION = 2  # 2: resumable training, paper map (sum of Gaussians)
+    VERSION = 3  # 2: resumable training, paper map (sum of Gaussians); 3: augmentations seeded per step
     Config = CutPastePatchConfig
     PROFILES = {
         "paper": {},
@@ -248,13 +248,10 @@ class CutPastePatch(Detector):
 
     def fit(self, train_loader: Iterable[Batch]) -> None:
         cfg = self.config
-        chunks, categories = [], set()
-        for batch in train_loader:
-            chunks.append((batch.images * 255.0 + 0.5).clamp(0, 255).to(torch.uint8))
-            categories.update(batch.categories)
-        if not chunks:
+        decoded = self.context.decoded_training_images(train_loader)  # uint8, decoded once per job
+        if len(decoded) == 0:
             raise DataError("cutpaste_patch: empty training set")
-        data = torch.cat(chunks)
+        data, categories = decoded.tensor, {s.category for s in decoded.samples}
         self._grid_shape(*data.shape[-2:])
         aligned, self.gde_mode_rule = self._aligned(categories)
         self.gde_mode_used = cfg.gde_mode if cfg.gde_mode != "auto" else ("per_location" if aligned else "shared")

@@ -90,7 +90,8 @@ from tqdm import tqdm
 from adbench.components.losses import focal_loss, ssim_loss
 from adbench.components.synth import TextureSource, numpy_rng, perlin_texture_anomaly
 from adbench.config import MethodConfig
-from adbench.data import Batch, load_all_images
+from adbench.data import Batch
+from adbench.inputs import BatchStream, per_sample, to_device
 from adbench.detector import Detector, Prediction
 from adbench.errors import ConfigError
 from adbench.precision import full
@@ -464,7 +465,7 @@ def effective_epochs(epochs: int, max_steps: Optional[int], n_images: int, batch
 class DRAEM(Detector):
     """Reconstructive + discriminative sub-networks trained on Perlin texture anomalies."""
 
-    VERSION = 2  # 2: resumable training, data order by (seed, epoch)
+    VERSION = 3  # 2: resumable training, data order by (seed, epoch); 3: anomalies seeded per (seed, epoch, image)
     Config = DRAEMConfig
     PROFILES = {
         "paper": {},
@@ -506,38 +507,44 @@ class DRAEM(Detector):
                 + focal_loss(logits, mask, gamma=self.config.focal_gamma))
 
     def fit(self, train_loader: Iterable[Batch]) -> None:
-        """Adam on L2 + SSIM + focal over synthetic anomalies, resumable (``adbench.training``):
-        a rerun continues from the last checkpoint, mid-epoch if need be, with the same data
-        order and anomalies as an uninterrupted run (same seed and threads, on CPU)."""
+        """Adam on L2 + SSIM + focal over synthetic anomalies, resumable (``adbench.training``).
+
+        The training images are decoded once per job (``context.training_images``); each
+        epoch's anomalies are drawn in the job's DataLoader workers (``adbench.inputs``), image
+        ``i`` of epoch ``e`` from a generator seeded by (job seed, e, i), so neither the number
+        of workers nor a resume changes a batch."""
         c = self.config
         modules = {"reconstructive": self.reconstructive, "discriminative": self.discriminative}
         checkpoints = self.context.checkpoints
         if checkpoints.finished("train"):  # trained in an earlier attempt: no data needed
             phase = checkpoints.phase("train", modules=modules)
         else:
-            images = load_all_images(train_loader)  # uint8 [N, 3, H, W]; augmented anew every step
+            images = self.context.training_images(train_loader)  # uint8 [N, 3, H, W]
             epochs = effective_epochs(c.epochs, c.max_steps, len(images), c.batch_size)
             params = list(self.reconstructive.parameters()) + list(self.discriminative.parameters())
             optimizer = torch.optim.Adam(params, lr=c.lr)
             milestones = sorted({max(1, int(round(f * epochs))) for f in c.lr_milestones})
             scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=c.lr_gamma)
-            rng = np.random.default_rng(self.context.seed)  # the synthetic anomalies
             self.reconstructive.train()
             self.discriminative.train()
             phase = checkpoints.phase("train", modules=modules, optimizers={"adam": optimizer},
-                                      schedulers={"lr": scheduler}, generators={"anomalies": rng})
+                                      schedulers={"lr": scheduler})
+            stream = BatchStream(phase.plan(epochs, len(images), c.batch_size),
+                                 per_sample(images, self.sampler, self.context.seed, "draem/anomalies"),
+                                 self.context.inputs)
             bar = tqdm(phase.epochs(epochs), total=epochs, initial=phase.epoch, desc="draem",
                        disable=not self.context.progress)
             for epoch in bar:
-                for idx in phase.batches(epoch, len(images), c.batch_size):
-                    normal, augmented, mask = (t.to(self.device) for t in self.sampler.batch(images[idx], rng))
+                for batch in stream.epoch(epoch):
+                    normal, augmented, mask = to_device(batch, self.device)
                     loss = self.training_loss(normal, augmented, mask)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    phase.step_done(loss, len(idx))
+                    phase.step_done(loss, len(normal))
                 scheduler.step()
                 bar.set_postfix(loss=f"{phase.epoch_done():.4f}")
+            stream.close()
             phase.finish()
             checkpoints.training_done()
         self.epochs_run = len(phase.history)

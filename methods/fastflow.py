@@ -224,9 +224,9 @@ class FastFlow(Detector):
         self.flows.train()
         self.loss_history = train_on_features(
             self._features, train_loader, lambda feats: flow_nll(*self._flow(feats)),
-            checkpoints=self.context.checkpoints, modules={"norms": self.norms, "flows": self.flows},
+            context=self.context, modules={"norms": self.norms, "flows": self.flows},
             optimizer=optimizer, epochs=cfg.epochs, cache=cfg.cache_features, batch_size=cfg.batch_size,
-            device=self.device, desc="fastflow", progress=self.context.progress, loss_format=".1f",
+            desc="fastflow", loss_format=".1f",
         )
         self.norms.eval()
         self.flows.eval()

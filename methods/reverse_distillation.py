@@ -349,9 +349,9 @@ class ReverseDistillation(Detector):
         self.student.train()
         self.loss_history = train_on_features(
             self._teacher, train_loader, lambda feats: distillation_loss(feats, self._student(feats), cfg.loss),
-            checkpoints=self.context.checkpoints, modules={"bottleneck": self.bottleneck, "student": self.student},
+            context=self.context, modules={"bottleneck": self.bottleneck, "student": self.student},
             optimizer=optimizer, epochs=cfg.epochs, cache=cfg.cache_features, batch_size=cfg.batch_size,
-            device=self.device, desc="reverse_distillation", progress=self.context.progress, loss_format=".4f",
+            desc="reverse_distillation", loss_format=".4f",
         )
         self.bottleneck.eval()
         self.student.eval()

@@ -119,7 +119,7 @@ import torch.nn.functional as F
 
 from adbench.components.blur import gaussian_blur
 from adbench.components.tocoad_training import ToCoADTrainer, parse_ratio
-from adbench.data import Batch, load_all_images
+from adbench.data import Batch
 from adbench.detector import Prediction
 from adbench.errors import ConfigError, DataError
 from adbench.registry import register_method
@@ -312,7 +312,7 @@ class ToCoAD(PatchCore):
             checkpoints = self.context.checkpoints
             stages = ("dnp", "ncl") if cfg.stages == "both" else ("ncl",)
             trained = all(checkpoints.finished(s) for s in stages)
-            images = None if trained else load_all_images(train_loader)
+            images = None if trained else self.context.training_images(train_loader)  # decoded once per job
             if images is not None and len(images) < 2:
                 raise DataError("tocoad: stages I/II need at least 2 training images")
             t0 = time.perf_counter()
@@ -335,7 +335,9 @@ class ToCoAD(PatchCore):
                 self.train_facts["projector_spread"] = [
                     round(v, 4) for v in self.trainer.projector_spread(images[: cfg.batch_size])]
             del images
-        super().fit(train_loader)
+        decoded = self.context.decoded  # the stages' decode, if they ran: the bank reads it too
+        exact = decoded is not None and decoded.exact  # (batches of arbitrary floats are not uint8)
+        super().fit(decoded.loader(self.config.batch_size) if exact else train_loader)
         if cfg.reweight_per_patch:
             # N_b(c) for every bank entry c, once: its b nearest bank entries (itself included)
             b = min(int(cfg.reweight_b), int(self.bank.shape[0]))

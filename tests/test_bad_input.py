@@ -172,3 +172,12 @@ def test_bad_weights_files_are_one_line_before_any_job(tmp_path, data):
                          (other, "weights are for another architecture than tf_efficientnet_lite0.in1k")):
         r, res = _run(tmp_path, *base, "--weights", str(path))
         _assert_user_error(r, res, needle, str(path), lines=1)
+
+
+def test_input_pipeline_options_are_checked_up_front(tmp_path, data):
+    """``--workers`` and ``--cache-gb`` (issue 16): one line each, nothing run."""
+    base = ["--method", "kit_mean", "--dataset", "kitgen", "--data-root", str(data)]
+    r, res = _run(tmp_path, *base, "--workers", "-1")
+    _assert_user_error(r, res, "--workers -1: must be 0", lines=1)
+    r, res = _run(tmp_path, *base, "--cache-gb", "-0.5")
+    _assert_user_error(r, res, "--cache-gb -0.5: must be 0", lines=1)

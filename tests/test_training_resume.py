@@ -6,10 +6,12 @@ killed right after a step that falls mid-epoch; resumed from that checkpoint. On
 same seed and threads, the resumed model's scores and maps equal the uninterrupted one's."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from adbench.config import resolve_config
 from adbench.detector import RunContext
+from adbench.inputs import InputSettings
 from adbench.registry import METHODS
 from adbench.worker import seed_everything
 from resume_kit import train_three_ways
@@ -23,7 +25,8 @@ def _same_predictions(a, b, test_images):
         assert torch.equal(torch.as_tensor(pa.maps), torch.as_tensor(pb.maps))
 
 
-def test_draem_resumed_mid_epoch_equals_uninterrupted(tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 2])  # anomalies drawn in DataLoader workers (adbench.inputs)
+def test_draem_resumed_mid_epoch_equals_uninterrupted(tmp_path, monkeypatch, workers):
     torch.set_num_threads(1)
     train, test, _, _ = stripes_category(n_train=6, n_test=4, size=32)
     cls = METHODS.get("draem")
@@ -32,7 +35,7 @@ def test_draem_resumed_mid_epoch_equals_uninterrupted(tmp_path, monkeypatch):
                           "max_steps": None, "score_filter": 5})
 
     def build(ckpt):
-        return cls(cfg, RunContext(seed=0, checkpoints=ckpt))
+        return cls(cfg, RunContext(seed=0, checkpoints=ckpt, inputs=InputSettings(workers=workers)))
 
     whole, resumed, ckpt = train_three_ways(build, as_batches(train, 4), tmp_path, kill_at=4, monkeypatch=monkeypatch)
     assert ckpt.resumed is not None and (ckpt.resumed.epoch, ckpt.resumed.step) == (1, 1)  # mid-epoch
@@ -72,9 +75,11 @@ class _Images(torch.utils.data.Dataset):
         return self.images[i]
 
 
-def test_streaming_loader_path_resumes_in_the_same_order(tmp_path, monkeypatch):
-    """Reverse Distillation's paper path streams the loader every epoch (no feature cache): a
-    resumed epoch re-reads the same order from the first step not done."""
+@pytest.mark.parametrize("workers", [0, 2])
+def test_streaming_loader_path_resumes_in_the_same_order(tmp_path, monkeypatch, workers):
+    """Reverse Distillation's paper path runs the teacher every epoch (no feature cache), on
+    images decoded once and handed over by DataLoader workers: a resumed epoch re-reads the
+    same order from the first step not done."""
     from striped_category import as_batch, make_category
 
     torch.set_num_threads(1)
@@ -87,7 +92,7 @@ def test_streaming_loader_path_resumes_in_the_same_order(tmp_path, monkeypatch):
                           "cache_features": False})
 
     def build(ckpt):
-        return cls(cfg, RunContext(seed=0, weights="random", checkpoints=ckpt))
+        return cls(cfg, RunContext(seed=0, weights="random", checkpoints=ckpt, inputs=InputSettings(workers=workers)))
 
     whole, resumed, ckpt = train_three_ways(build, loader, tmp_path, kill_at=4, monkeypatch=monkeypatch)
     assert (ckpt.resumed.epoch, ckpt.resumed.step, ckpt.steps_this_attempt) == (1, 1, 6 - 4)

@@ -64,15 +64,13 @@ def train_on_features(
     train_loader,
     loss_fn: Callable[[list[torch.Tensor]], torch.Tensor],
     *,
-    checkpoints,
+    context,
     modules: dict[str, torch.nn.Module],
     optimizer: torch.optim.Optimizer,
     epochs: int,
     cache: bool,
     batch_size: int,
-    device: torch.device,
     desc: str,
-    progress: bool,
     loss_format: str = ".4f",
 ) -> list[float]:
     """Epochs of "frozen-backbone features -> loss -> step", resumable; returns the per-epoch
@@ -81,22 +79,31 @@ def train_on_features(
     Shared by the feature-reconstruction methods (Reverse Distillation, FastFlow). With
     ``cache`` the features are computed once and replayed each epoch in the phase's seeded order
     (valid because the backbone is frozen and the method uses no image augmentation); without
-    it each epoch streams the loader in that same order. Either way a resumed run continues at
-    the saved epoch and step (``adbench.training``); a finished training needs no features.
+    it (the paper profiles: 7 MB of WRN50 maps per image do not fit in RAM for 10,000 images)
+    each epoch runs the backbone again, on images decoded once per job
+    (``context.training_images``, in the job's DataLoader workers), in that same order. Either way a resumed run continues at the saved epoch and step
+    (``adbench.training``); a finished training needs no features. Losses stay on the device
+    (``Phase.step_done``): nothing here waits for the GPU inside an epoch.
     """
     from tqdm.auto import tqdm
 
+    from adbench.inputs import BatchStream, gather, to_device
+
+    checkpoints, device = context.checkpoints, context.device
     if checkpoints.finished("train"):
         return list(checkpoints.phase("train", modules=modules).history)
     store = FeatureCache.build(backbone, train_loader, device) if cache else None
+    images = None if cache else context.training_images(train_loader)
     phase = checkpoints.phase("train", modules=modules, optimizers={"optimizer": optimizer})
-    n = len(store) if store is not None else 0  # streamed: the loader knows its length
-    bar = tqdm(phase.epochs(epochs), total=epochs, initial=phase.epoch, desc=desc, disable=not progress)
+    stream = None
+    if images is not None:
+        stream = BatchStream(phase.plan(epochs, len(images), batch_size), gather(images), context.inputs.in_process())
+    bar = tqdm(phase.epochs(epochs), total=epochs, initial=phase.epoch, desc=desc, disable=not context.progress)
     for epoch in bar:
         if store is not None:
-            batches = (store.take(idx, device) for idx in phase.batches(epoch, n, batch_size))
+            batches = (store.take(idx, device) for idx in phase.batches(epoch, len(store), batch_size))
         else:
-            batches = (backbone(b.images.to(device)) for b in phase.loader_batches(train_loader, epoch))
+            batches = (backbone(to_device(b, device).float() / 255.0) for (b,) in stream.epoch(epoch))
         for feats in batches:
             loss = loss_fn(feats)
             optimizer.zero_grad(set_to_none=True)
@@ -104,6 +111,8 @@ def train_on_features(
             optimizer.step()
             phase.step_done(loss, len(feats[0]))
         bar.set_postfix(loss=f"{phase.epoch_done():{loss_format}}")
+    if stream is not None:
+        stream.close()
     phase.finish()
     checkpoints.training_done()
     return list(phase.history)

@@ -281,8 +281,9 @@ class ToCoADTrainer:
 
     def neg_loss(self, x: torch.Tensor) -> torch.Tensor:
         """L_neg: the frozen D's loss (``neg_criterion``) on synthetic anomalies of ``x`` seen
-        through the current F."""
-        syn, masks = self.G(x.cpu(), self.rng)
+        through the current F. G draws on the CPU: pass the batch's CPU copy when there is one
+        (copying a GPU batch back would wait for the GPU at every step)."""
+        syn, masks = self.G(x if x.device.type == "cpu" else x.cpu(), self.rng)
         syn, masks = syn.to(self.device), masks.to(self.device)
         with self.autocast():
             logits = self.discriminate(self.F(syn), syn.shape[-2:])
@@ -363,7 +364,8 @@ class ToCoADTrainer:
             self.F.eval()
             t0 = time.perf_counter()
             for idx in self._batches(phase, epoch, len(images)):
-                x = self._float(images[idx]).to(self.device)
+                x_host = self._float(images[idx])
+                x = x_host.to(self.device, non_blocking=True)
                 # eq. 6, back-propagated term by term (gradients add up to those of the sum;
                 # peak memory holds one group's activations instead of three)
                 opt.zero_grad(set_to_none=True)
@@ -371,7 +373,7 @@ class ToCoADTrainer:
                 (lam * l_sym).backward()
                 if lam < 1.0:
                     with torch.set_grad_enabled(train_f):
-                        l_neg = self.neg_loss(x)
+                        l_neg = self.neg_loss(x_host)
                     if train_f:
                         ((1.0 - lam) * l_neg).backward()
                 else:

@@ -25,8 +25,8 @@ What the phase does for the method:
 * **Data order without state.** Epoch ``e`` of phase ``p`` visits the training set in a
   permutation drawn from a generator seeded by (job seed, p, e), so the position in the data
   order is just (epoch, step): nothing about a loader has to be saved, and a resumed epoch
-  replays the same order and skips the steps already done (``batches`` for in-memory data,
-  ``loader_batches`` for a streaming DataLoader).
+  replays the same order and skips the steps already done (``batches`` epoch by epoch,
+  ``plan`` for a worker pipeline that runs ahead, ``adbench.inputs``).
 * **Checkpoints.** After a step, when ``--checkpoint-every`` seconds have passed since the last
   save, the complete state is written: the registered modules, optimisers and schedulers,
   every random state (``adbench.training.rng``), the epoch, the step, the loss accumulators and
@@ -255,21 +255,27 @@ class Phase:
                 continue
             yield idx
 
-    def loader_batches(self, loader, epoch: int):
-        """Batches of a streaming DataLoader for epoch ``epoch`` in this phase's order, from the
-        first step not done yet (a new loader over the same dataset, same batch size). Any other
-        iterable of batches (a detector used outside the harness) is replayed in its own order."""
-        if not isinstance(loader, torch.utils.data.DataLoader):
-            for i, batch in enumerate(loader):
-                if i >= self.step:
-                    yield batch
-            return
-        dataset = loader.dataset
-        order = self.order(epoch, len(dataset))[self.step * loader.batch_size:]
-        epoch_loader = torch.utils.data.DataLoader(
-            dataset, batch_size=loader.batch_size, sampler=order.tolist(), collate_fn=loader.collate_fn,
-            num_workers=loader.num_workers, pin_memory=getattr(loader, "pin_memory", False), drop_last=False)
-        yield from epoch_loader
+    def plan(self, n_epochs: int, n: int, batch_size: int, *, min_batch: int = 1,
+             max_steps: Optional[int] = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """Every batch still to run, as ``(epoch, image indices)`` tickets, from where the phase
+        stands now to the end of epoch ``n_epochs - 1``: the same batches ``batches`` gives
+        epoch by epoch, for a worker pipeline that runs ahead of the loop (``adbench.inputs``).
+        Lazy, but fixed by the (epoch, step) of the moment it is called."""
+        first_epoch, first_step = self.epoch, self.step
+
+        def tickets() -> Iterator[tuple[int, torch.Tensor]]:
+            for epoch in range(first_epoch, int(n_epochs)):
+                order = self.order(epoch, n)
+                starts = list(range(0, n, int(batch_size)))
+                if max_steps is not None:
+                    starts = starts[: max(1, int(max_steps))]
+                for i, start in enumerate(starts):
+                    idx = order[start : start + int(batch_size)]
+                    if (epoch == first_epoch and i < first_step) or len(idx) < min_batch:
+                        continue
+                    yield epoch, idx
+
+        return tickets()
 
     def steps(self, n_steps: int) -> Iterator[int]:
         """Step-based training (no epochs: CutPaste's 256-step "epochs" are a schedule unit)."""

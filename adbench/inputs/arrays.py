@@ -1,0 +1,49 @@
+"""One large array in RAM when it fits the job's budget, else memory-mapped on disk.
+
+The disk copy lives in the job's private work folder (``RunContext.workdir``, under
+``--workdir``), which the harness removes when the job ends, so a spilled cache never outlives
+its job. Either way the caller gets a torch tensor: a memory-mapped one reads its rows from the
+page cache on indexing, and forked DataLoader workers share it without copying.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+_NUMPY = {torch.uint8: np.uint8, torch.float16: np.float16, torch.float32: np.float32}
+
+
+@dataclass
+class Placed:
+    """An allocated array and where it lives (``ram`` or the spill file's path)."""
+
+    tensor: torch.Tensor
+    where: str
+
+    @property
+    def nbytes(self) -> int:
+        return self.tensor.numel() * self.tensor.element_size()
+
+    def describe(self) -> dict:
+        return {"where": "ram" if self.where == "ram" else "disk", "bytes": self.nbytes,
+                **({} if self.where == "ram" else {"file": self.where})}
+
+
+def ram_or_disk(shape: tuple[int, ...], dtype: torch.dtype, budget_bytes: int, workdir: Optional[str],
+                name: str) -> Placed:
+    """A zero-filled ``shape`` tensor of ``dtype``: in RAM if it takes at most ``budget_bytes``,
+    else backed by ``<workdir>/<name>.bin`` (the system temp folder without a workdir)."""
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if nbytes <= budget_bytes:
+        return Placed(torch.zeros(shape, dtype=dtype), "ram")
+    folder = workdir or tempfile.gettempdir()
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{name}.bin")
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=_NUMPY[dtype], shape=shape)
+    return Placed(torch.from_numpy(array), path)
