@@ -12,7 +12,7 @@ import adbench.data as data_module
 from adbench.config import resolve_config
 from adbench.data import Preprocess, Sample, make_loader
 from adbench.detector import RunContext
-from adbench.inputs import BatchStream, InputSettings, decode_training_images, per_sample, ram_or_disk
+from adbench.inputs import BatchStream, InputSettings, decode_training_images, gather, per_sample, ram_or_disk
 from adbench.registry import METHODS
 from adbench.training import Checkpointing
 from striped_category import one_thread  # noqa: F401 (autouse: these tests run single-threaded)
@@ -95,6 +95,21 @@ def test_cache_matches_the_loader_and_spills_to_the_workdir_beyond_its_budget(tm
     assert torch.equal(in_ram.tensor, on_disk.tensor)
     expected = torch.stack([preprocess.image(data_module.load_rgb(s.path)) for s in samples])
     assert torch.equal(in_ram.tensor.float() / 255.0, expected)  # exact: the cache is what the loader gave
+
+
+def test_decoding_and_streaming_draw_nothing_from_the_jobs_random_state(tmp_path):
+    """A run's later random draws (dropout, noise) must not depend on how its images were
+    loaded: the cache, its loader and the batch streams never touch the global generator."""
+    samples = image_folder(tmp_path)
+    loader = make_loader(samples, Preprocess(image_size=32), batch_size=4, train=True)
+    before = torch.get_rng_state()
+    images = decode_training_images(loader, InputSettings(workers=2))
+    list(images.loader(4))
+    phase = Checkpointing(seed=0).phase("p")
+    stream = BatchStream(phase.plan(2, len(images), 4), gather(images.tensor), InputSettings(workers=2))
+    for epoch in phase.epochs(2):
+        list(stream.epoch(epoch))
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_ram_or_disk_keeps_small_arrays_in_ram(tmp_path):

@@ -50,7 +50,7 @@ class DecodedImages:
         indexing RAM is faster than handing tensors between processes). Only ``exact`` caches
         stand in for their loader."""
         return torch.utils.data.DataLoader(_CachedSamples(self), batch_size=int(batch_size), shuffle=False,
-                                           num_workers=0, collate_fn=collate)
+                                           num_workers=0, collate_fn=collate, generator=_own_generator())
 
 
 class _CachedSamples(torch.utils.data.Dataset):
@@ -95,12 +95,20 @@ def _decode_dataset(dataset: SampleDataset, settings: InputSettings, workdir: Op
     loader = torch.utils.data.DataLoader(source, batch_size=DECODE_BATCH, shuffle=False, collate_fn=collate,
                                          num_workers=settings.workers,
                                          prefetch_factor=settings.prefetch_factor if settings.workers else None,
-                                         multiprocessing_context=worker_context(settings.workers))
+                                         multiprocessing_context=worker_context(settings.workers),
+                                         generator=_own_generator())
     start = 0
     for batch in loader:
         placed.tensor[start : start + len(batch)] = batch.images
         start += len(batch)
     return DecodedImages(placed.tensor, samples, placed)
+
+
+def _own_generator() -> torch.Generator:
+    """A DataLoader without a generator of its own draws its workers' base seed from the job's
+    global torch generator each time it is iterated, which would shift every later random draw
+    of the training (dropout, noise) against a run that decoded differently."""
+    return torch.Generator().manual_seed(0)
 
 
 def _from_batches(batches: Iterable[Batch]) -> DecodedImages:

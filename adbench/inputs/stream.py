@@ -103,7 +103,7 @@ class BatchStream:
             collate_fn=_no_collate, pin_memory=bool(settings.pin_memory),
             prefetch_factor=settings.prefetch_factor if workers else None,
             multiprocessing_context=worker_context(workers),
-            generator=torch.Generator().manual_seed(0),  # never the job's global torch state
+            generator=torch.Generator().manual_seed(0),  # never the job's global torch state (images.py)
         )
         self._iterator: Optional[Iterator] = iter(loader)
         self._ahead: Optional[tuple[int, Any]] = None
