@@ -86,6 +86,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from adbench.components.blur import gaussian_blur
+from adbench.components.bottleneck import Bottleneck
 from adbench.components.feature_cache import train_on_features
 from adbench.config import MethodConfig
 from adbench.data import Batch
@@ -134,34 +135,10 @@ def _conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
     )
 
 
-class ResidualBlock(nn.Module):
-    """Bottleneck residual block (1x1 -> 3x3 -> 1x1). ``up > 1`` turns it into the official
-    decoder block: the 3x3 becomes a ``up x up`` transposed conv with stride ``up`` and the
-    shortcut upsamples the same way. ``down > 1``: strided 3x3 and a strided 1x1 shortcut."""
-
-    def __init__(self, cin: int, cout: int, *, down: int = 1, up: int = 1, inner_ratio: float = 0.5):
-        super().__init__()
-        mid = max(int(cout * inner_ratio), 8)
-        self.conv1 = nn.Conv2d(cin, mid, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(mid)
-        if up > 1:
-            self.conv2 = nn.ConvTranspose2d(mid, mid, up, stride=up, bias=False)
-        else:
-            self.conv2 = nn.Conv2d(mid, mid, 3, stride=down, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(mid)
-        self.conv3 = nn.Conv2d(mid, cout, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(cout)
-        self.shortcut: nn.Module = nn.Identity()
-        if up > 1:
-            self.shortcut = nn.Sequential(nn.ConvTranspose2d(cin, cout, up, stride=up, bias=False), nn.BatchNorm2d(cout))
-        elif down > 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=down, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return F.relu(out + self.shortcut(x))
+def _residual_block(cin: int, cout: int, *, down: int = 1, up: int = 1, inner_ratio: float = 0.5) -> Bottleneck:
+    """The official code's bottleneck (``adbench.components.bottleneck``) with its inner width
+    ``inner_ratio * cout`` (torchvision's ``width_per_group=64`` gives 0.5; at least 8)."""
+    return Bottleneck(cin, max(int(cout * inner_ratio), 8), cout, down=down, up=up)
 
 
 def _log2_ratio(big: int, small: int) -> int:
@@ -193,8 +170,8 @@ class OneClassBottleneck(nn.Module):
             self.fuse.append(nn.Sequential(*steps))
         fused = channels[deepest] * len(channels)
         embed = 2 * channels[deepest]
-        layers = [ResidualBlock(fused, embed, down=2, inner_ratio=inner_ratio)]
-        layers += [ResidualBlock(embed, embed, inner_ratio=inner_ratio) for _ in range(max(blocks, 1) - 1)]
+        layers = [_residual_block(fused, embed, down=2, inner_ratio=inner_ratio)]
+        layers += [_residual_block(embed, embed, inner_ratio=inner_ratio) for _ in range(max(blocks, 1) - 1)]
         self.oce = nn.Sequential(*layers)
         self.out_channels = embed
 
@@ -219,8 +196,8 @@ class StudentDecoder(nn.Module):
         for n, t in zip(blocks, targets):
             up = prev_s // strides[t]
             _log2_ratio(prev_s, strides[t])
-            stage = [ResidualBlock(prev_c, channels[t], up=up)]
-            stage += [ResidualBlock(channels[t], channels[t]) for _ in range(max(n, 1) - 1)]
+            stage = [_residual_block(prev_c, channels[t], up=up)]
+            stage += [_residual_block(channels[t], channels[t]) for _ in range(max(n, 1) - 1)]
             self.stages.append(nn.Sequential(*stage))
             prev_c, prev_s = channels[t], strides[t]
 

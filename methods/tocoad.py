@@ -263,7 +263,7 @@ class _PickLayers(nn.Module):
 class ToCoAD(PatchCore):
     """DNP + NCL fine-tuning of the extractor, then PatchCore with eq. 8-9 patch re-weighting."""
 
-    VERSION = 2  # 2: resumable stages, data order by (seed, stage, epoch)
+    VERSION = 3  # 2: resumable stages, data order by (seed, stage, epoch); 3: anomalies seeded per (seed, stage, epoch, image)
     Config = ToCoADConfig
     PROFILES = {
         "paper": {},
@@ -296,7 +296,7 @@ class ToCoAD(PatchCore):
             self.trainer = ToCoADTrainer(
                 cfg, weights=self.context.weights, allow_random_fallback=self.context.allow_random_weights,
                 device=self.device, seed=self.context.seed, progress=self.context.progress,
-                checkpoints=self.context.checkpoints, autocast=self.context.autocast,
+                checkpoints=self.context.checkpoints, autocast=self.context.autocast, inputs=self.context.inputs,
             )
             # PatchCore's frozen extractor is replaced by the (to be fine-tuned) F
             self.backbone = _PickLayers(self.trainer.F, self.trainer.pick_bank)

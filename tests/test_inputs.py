@@ -167,6 +167,29 @@ def test_cutpaste_steps_are_identical_with_zero_and_two_workers():
     assert not torch.equal(alone[0][0], alone[1][0])
 
 
+def test_tocoad_stage_batches_are_identical_with_zero_and_two_workers():
+    """ToCoAD's G (rotation, anomaly, the other image it borrows) runs in the workers, seeded per
+    (seed, stage, epoch, image): 0 and 2 workers give the same stage-II batches."""
+    from adbench.components.tocoad_training import ToCoADTrainer
+    from test_tocoad import small_config
+
+    images = (torch.rand(10, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 255).to(torch.uint8)
+
+    def stage_two_batches(workers):
+        trainer = ToCoADTrainer(small_config(batch_size=4), weights="random", seed=3,
+                                inputs=InputSettings(workers=workers))
+        phase = Checkpointing(seed=3).phase("ncl")
+        stream = trainer._stream(phase, 2, images, "tocoad/ncl", anomalies=True, with_normals=True)
+        return [batch for epoch in phase.epochs(2) for batch in stream.epoch(epoch)]
+
+    alone, two = stage_two_batches(0), stage_two_batches(2)
+    assert len(alone) == len(two) == 6  # 2 epochs of 10 images in batches of 4, 4 and 2
+    for a, b in zip(alone, two):
+        assert len(a) == 3 and all(torch.equal(x, y) for x, y in zip(a, b))
+    masks = torch.cat([b[2] for b in alone])
+    assert masks.any() and not masks.all()
+
+
 def test_plan_matches_batches_and_resumes_mid_epoch():
     ckpt = Checkpointing(seed=2)
     phase = ckpt.phase("p")

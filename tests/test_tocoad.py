@@ -113,7 +113,7 @@ def test_stage2_moves_F_not_D_and_neg_gradient_reaches_F():
     trainer.set_extractor_trainable(True)
     for p in trainer.D.parameters():
         p.requires_grad_(False)
-    _, l_neg = trainer.ncl_losses(images[:8])
+    l_neg = trainer.neg_loss(*trainer.anomalies(images[:8], "tocoad/ncl"))
     l_neg.backward()
     grads = {k: p.grad for k, p in trainer.F.model.named_parameters()}
     reached = [k for k, g in grads.items() if g is not None and float(g.abs().sum()) > 0]
@@ -219,8 +219,6 @@ def test_freeze_epochs_train_heads_then_extractor():
 
 def test_neg_loss_ce_changes_L_neg_only():
     """Table 6: neg_loss=ce turns L_neg into cross-entropy; stage I's L_dis stays the focal loss."""
-    import copy
-
     import torch.nn.functional as F
 
     from adbench.components.losses import focal_loss
@@ -229,11 +227,12 @@ def test_neg_loss_ce_changes_L_neg_only():
     focal, ce = _tiny_trainer(neg_loss="focal"), _tiny_trainer(neg_loss="ce")
     for t in (focal, ce):
         t.D.eval()
-    assert torch.equal(focal.dnp_loss(x), ce.dnp_loss(x))  # same F, D, anomalies: same L_dis
-    rng = copy.deepcopy(ce.rng)
-    l_focal, l_ce = focal.neg_loss(x), ce.neg_loss(x)
+    dnp_batch = focal.anomalies(x)
+    assert all(torch.equal(a, b) for a, b in zip(dnp_batch, ce.anomalies(x)))  # one seed, same anomalies
+    assert torch.equal(focal.dnp_loss(*dnp_batch), ce.dnp_loss(*dnp_batch))  # same F, D, anomalies: same L_dis
+    syn, masks = ce.anomalies(x, "tocoad/ncl")  # the synthetic batch both L_neg calls see
+    l_focal, l_ce = focal.neg_loss(syn, masks), ce.neg_loss(syn, masks)
     assert not torch.isclose(l_focal, l_ce)
-    syn, masks = ce.G(x, rng)  # the synthetic batch both L_neg calls saw
     with torch.no_grad():
         logits = ce.discriminate(ce.F(syn), syn.shape[-2:])
     assert torch.allclose(l_ce, F.cross_entropy(logits, masks.long()), atol=1e-6)

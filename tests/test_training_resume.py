@@ -101,9 +101,11 @@ def test_streaming_loader_path_resumes_in_the_same_order(tmp_path, monkeypatch, 
     assert torch.equal(pa.scores, pb.scores) and torch.equal(pa.maps, pb.maps)
 
 
-def test_tocoad_resumed_mid_stage_two_equals_uninterrupted(tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_tocoad_resumed_mid_stage_two_equals_uninterrupted(tmp_path, monkeypatch, workers):
     """Killed mid-epoch in stage II (stage I done): the resumed job skips stage I, continues
-    stage II at the saved step, builds the same bank and scores the same."""
+    stage II at the saved step, builds the same bank and scores the same; anomalies drawn in
+    the job's process or in 2 workers alike."""
     from adbench.methods.tocoad import ToCoAD
     from test_tocoad import batches, normal_images, small_config
 
@@ -112,7 +114,7 @@ def test_tocoad_resumed_mid_stage_two_equals_uninterrupted(tmp_path, monkeypatch
     cfg = small_config(dnp_epochs=2, ncl_epochs=2, batch_size=4, coreset_ratio=0.5)
 
     def build(ckpt):
-        return ToCoAD(cfg, RunContext(seed=0, weights="random", checkpoints=ckpt))
+        return ToCoAD(cfg, RunContext(seed=0, weights="random", checkpoints=ckpt, inputs=InputSettings(workers=workers)))
 
     # stage I: 2 epochs x 3 steps; stage II: 2 x 3; kill after step 6 + 4 (stage II, epoch 1, step 1)
     whole, resumed, ckpt = train_three_ways(build, batches(images, 4), tmp_path, kill_at=10, monkeypatch=monkeypatch)

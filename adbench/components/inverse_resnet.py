@@ -44,36 +44,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from adbench.components.bottleneck import Bottleneck
 from adbench.errors import ConfigError
-
-
-class Bottleneck(nn.Module):
-    """1x1 -> 3x3 -> 1x1 residual block (BN after every conv, ReLU after the sum). ``up > 1``:
-    the 3x3 conv becomes an ``up x up`` transposed conv of stride ``up`` and the shortcut a
-    transposed conv of the same kind (the up-sampling block of an inverse stage)."""
-
-    def __init__(self, cin: int, mid: int, cout: int, up: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, mid, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(mid)
-        if up > 1:
-            self.conv2: nn.Module = nn.ConvTranspose2d(mid, mid, up, stride=up, bias=False)
-        else:
-            self.conv2 = nn.Conv2d(mid, mid, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(mid)
-        self.conv3 = nn.Conv2d(mid, cout, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(cout)
-        self.shortcut: nn.Module = nn.Identity()
-        if up > 1:
-            self.shortcut = nn.Sequential(nn.ConvTranspose2d(cin, cout, up, stride=up, bias=False), nn.BatchNorm2d(cout))
-        elif cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return F.relu(out + self.shortcut(x))
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:

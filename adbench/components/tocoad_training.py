@@ -16,6 +16,10 @@ discriminative network D and the contrastive heads C, and runs
   optionally frozen for the first ``freeze_epochs`` (seed 000).
 
 The method module (``methods/tocoad.py``) then builds the PatchCore memory bank on F.
+
+Synthetic anomalies are drawn where the batches are made: in the job's DataLoader workers
+(``adbench.inputs``), image ``i`` of epoch ``e`` of a stage from ``sample_rng(seed, stage, e, i)``,
+so neither the number of workers nor a resume changes a batch.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ from adbench.components.synth import (TextureSource, cutmix, cutout, cutpaste, n
 from adbench.components.simsiam_views import SimSiamViews
 from adbench.components.tocoad_networks import SiameseHeads, build_discriminator, ema_update
 from adbench.errors import ConfigError
+from adbench.inputs import BatchStream, InputSettings, gather, sample_rng, to_device
 from adbench.precision import full
 
 
@@ -61,6 +66,10 @@ class AnomalyGenerator:
     colour, ``synth.cutout``; the mask is the box). ``synthetic_share``: probability that a
     sample gets an anomaly (1.0 = eq. 1, every image; seed 000's 1:1 is 0.5). Masks are bool
     [H, W]; outside the mask the output is the rotated base image, bit for bit.
+
+    ``batch(images, rngs)`` draws everything of sample ``k`` (angle, turn, whether and which
+    anomaly, the other image it borrows from) from ``rngs[k]`` alone: with one generator per
+    (stage, epoch, image) a batch is the same whichever process makes it.
     """
 
     def __init__(self, kind: str = "perlin", texture: Optional[TextureSource] = None,
@@ -75,18 +84,17 @@ class AnomalyGenerator:
         self.patch_source, self.patch_transform, self.beta_max = patch_source, patch_transform, beta_max
         self.cutout_fill = cutout_fill
 
-    def rotate(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """Batched: each image turned by U(-rotate_degrees, rotate_degrees) degrees (bilinear,
-        zero fill, kornia), then by a random multiple of 90 degrees."""
+    def rotate(self, images: torch.Tensor, rngs: Sequence[np.random.Generator]) -> torch.Tensor:
+        """Batched: image ``k`` turned by U(-rotate_degrees, rotate_degrees) degrees (bilinear,
+        zero fill, kornia), then by a random multiple of 90 degrees, both drawn from ``rngs[k]``."""
         from kornia.geometry.transform import rotate
 
-        n = images.shape[0]
         if self.rotate_degrees > 0:
-            angles = torch.from_numpy(rng.uniform(-self.rotate_degrees, self.rotate_degrees, n).astype(np.float32))
-            images = rotate(images, angles.to(images.device))
+            angles = np.array([rng.uniform(-self.rotate_degrees, self.rotate_degrees) for rng in rngs], np.float32)
+            images = rotate(images, torch.from_numpy(angles).to(images.device))
         if self.rotate90:
-            turns = rng.integers(4, size=n)
-            images = torch.stack([torch.rot90(img, int(k), dims=(-2, -1)) for img, k in zip(images, turns)])
+            turns = [int(rng.integers(4)) for rng in rngs]
+            images = torch.stack([torch.rot90(img, k, dims=(-2, -1)) for img, k in zip(images, turns)])
         return images
 
     def anomaly(self, image: torch.Tensor, other: torch.Tensor, rng: np.random.Generator):
@@ -103,14 +111,13 @@ class AnomalyGenerator:
             return cutmix(image, other, rng, patch_transform=self.patch_transform)
         return cutpaste(image, rng, patch_transform=self.patch_transform)
 
-    def __call__(self, images: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """images float [B, 3, H, W] in [0, 1] -> (augmented images, masks bool [B, H, W])."""
-        rng = numpy_rng(generator)
-        base = self.rotate(images.float(), rng).clamp(0.0, 1.0)
+    def batch(self, images: torch.Tensor, rngs: Sequence[np.random.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        """images float [B, 3, H, W] in [0, 1], one generator per image -> (augmented images,
+        masks bool [B, H, W])."""
+        base = self.rotate(images.float(), rngs).clamp(0.0, 1.0)
         out, masks = [], []
         n = base.shape[0]
-        for i in range(n):
-            img = base[i]
+        for img, rng in zip(base, rngs):
             if rng.random() < self.synthetic_share:
                 img, mask = self.anomaly(img, base[int(rng.integers(n))], rng)
             else:
@@ -119,14 +126,51 @@ class AnomalyGenerator:
             masks.append(mask)
         return torch.stack(out), torch.stack(masks)
 
+    def __call__(self, images: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``batch`` with one generator (numpy or torch) for the whole batch (tests, diagnostics)."""
+        rng = numpy_rng(generator)
+        return self.batch(images, [rng] * len(images))
+
+
+def as_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (the decoded-image cache) -> float in [0, 1]; float images pass through."""
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+
+
+class SyntheticBatches:
+    """The batch function of a ToCoAD stage's plan (``adbench.inputs.stream``), run in the job's
+    DataLoader workers: G's synthetic version of the ticket's images, image ``i`` of epoch
+    ``e`` drawn from ``sample_rng(seed, stream, e, i)``. ``with_normals``: the normal images
+    (as stored: uint8 from the cache) come first, for stage II's SimSiam views.
+    A class, not a closure: picklable where workers are not forked."""
+
+    def __init__(self, images: torch.Tensor, generator: AnomalyGenerator, seed: int, stream: str,
+                 with_normals: bool):
+        self.images, self.G, self.seed, self.stream = images, generator, int(seed), stream
+        self.with_normals = with_normals
+
+    def __call__(self, ticket) -> tuple[torch.Tensor, ...]:
+        epoch, idx = ticket
+        normals = self.images[idx]
+        syn, masks = synthesize(self.G, as_float(normals), self.seed, self.stream, epoch, idx)
+        return (normals, syn, masks) if self.with_normals else (syn, masks)
+
+
+def synthesize(generator: AnomalyGenerator, images: torch.Tensor, seed: int, stream: str, epoch: int,
+               idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """G on float ``images`` that are images ``idx`` of ``epoch``: sample ``k`` drawn from
+    ``sample_rng(seed, stream, epoch, idx[k])`` (the one place these generators are made)."""
+    return generator.batch(images, [sample_rng(seed, stream, epoch, int(i)) for i in idx])
+
 
 class ToCoADTrainer:
     """F, D and C plus the two training stages. ``cfg`` is a ``ToCoADConfig``.
 
     Randomness: batch order from each stage's ``Phase`` (seeded by job seed, stage and epoch),
-    synthetic anomalies from ``self.rng`` (numpy), SimSiam views from ``self.view_gen`` (torch),
-    seeded from the job seed, never from global state (F, D and C are initialised from torch's
-    global generator, which the runner seeds).
+    synthetic anomalies from ``sample_rng(seed, stage stream, epoch, image)`` in the batch
+    function (``SyntheticBatches``), SimSiam views from ``self.view_gen`` (torch), never from
+    global state (F, D and C are initialised from torch's global generator, which the runner
+    seeds). ``inputs``: the job's DataLoader workers (``adbench.inputs``).
 
     Both stages are resumable (``adbench.training``): ``checkpoints`` (the job's) saves them as
     phases ``dnp`` and ``ncl``; a resumed job skips a finished stage and continues the other at
@@ -136,13 +180,15 @@ class ToCoADTrainer:
     def __init__(self, cfg, *, weights=None, allow_random_fallback: bool = False,
                  device: torch.device = torch.device("cpu"), seed: int = 0, progress: bool = False,
                  checkpoints: Optional[Checkpointing] = None,
-                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 inputs: Optional[InputSettings] = None):
         self.cfg, self.device, self.progress = cfg, device, progress
+        self.seed = int(seed)
+        self.inputs = inputs if inputs is not None else InputSettings()
         # the networks' forward passes run under --precision (adbench.precision); losses get
         # float32 logits
         self.autocast = autocast
         self.checkpoints = checkpoints if checkpoints is not None else Checkpointing(seed=int(seed))
-        self.rng = np.random.default_rng(int(seed))
         self.view_gen = torch.Generator().manual_seed(int(seed) + 1)
         self.with_dnp = getattr(cfg, "stages", "both") == "both"
         dnp_layers = set(cfg.dnp_layers) if self.with_dnp else set()
@@ -197,21 +243,28 @@ class ToCoADTrainer:
             logits = self.discriminate(self.F(images.to(self.device)), images.shape[-2:])
         return full(logits).softmax(dim=1)[:, 1]
 
-    def _batches(self, phase, epoch: int, n: int):
-        """The stage's batches of one epoch (at most ``steps_per_epoch``; a last batch of one
-        image is dropped: batch-norm in D and C needs two samples)."""
-        return phase.batches(epoch, n, int(self.cfg.batch_size), min_batch=2, max_steps=self.cfg.steps_per_epoch)
+    def _stream(self, phase, epochs: int, images: torch.Tensor, stream: str, *, anomalies: bool,
+                with_normals: bool) -> BatchStream:
+        """The stage's batches from where ``phase`` stands, made by the job's workers: at most
+        ``steps_per_epoch`` per epoch, a last batch of one image dropped (batch-norm in D and C
+        needs two samples). Without anomalies a batch is only an index into the images and is
+        gathered in this process."""
+        plan = phase.plan(epochs, len(images), int(self.cfg.batch_size), min_batch=2,
+                          max_steps=self.cfg.steps_per_epoch)
+        if not anomalies:
+            return BatchStream(plan, gather(images), self.inputs.in_process())
+        return BatchStream(plan, SyntheticBatches(images, self.G, self.seed, stream, with_normals), self.inputs)
 
-    @staticmethod
-    def _float(images_u8: torch.Tensor) -> torch.Tensor:
-        return images_u8.float() / 255.0 if images_u8.dtype == torch.uint8 else images_u8.float()
+    def anomalies(self, x: torch.Tensor, stream: str = "tocoad/dnp", epoch: int = 0,
+                  idx: Optional[Sequence[int]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """G's synthetic batch of ``x`` (CPU images, uint8 or float) as the training loop draws
+        it for images ``idx`` (default 0..B-1) of ``epoch`` of ``stream`` (tests, diagnostics)."""
+        return synthesize(self.G, as_float(x), self.seed, stream, epoch, range(len(x)) if idx is None else idx)
 
     # --- stage I: discriminative network pre-training ---------------------------------------
-    def dnp_loss(self, x: torch.Tensor) -> torch.Tensor:
-        """L_dis (eq. 2) of one batch of normal images ``x`` (float, CPU): G makes the synthetic
-        anomalies (eq. 1), the frozen F describes them, D segments them."""
-        syn, masks = self.G(x, self.rng)
-        syn, masks = syn.to(self.device), masks.to(self.device)
+    def dnp_loss(self, syn: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """L_dis (eq. 2) of one synthetic batch (G's images of eq. 1 and their masks, on the
+        device): the frozen F describes them, D segments them."""
         with self.autocast():
             with torch.no_grad():
                 feats = self.F(syn)
@@ -223,29 +276,31 @@ class ToCoADTrainer:
         (None when the stage finished in an earlier attempt)."""
         cfg = self.cfg
         epochs = cfg.dnp_epochs if epochs is None else epochs
-        generators = {"anomalies": self.rng}
         if self.checkpoints.finished("dnp"):
-            phase = self.checkpoints.phase("dnp", modules={"D": self.D}, generators=generators)
+            phase = self.checkpoints.phase("dnp", modules={"D": self.D})
         else:
             self.set_extractor_trainable(False)
             opt = torch.optim.Adam(self.D.parameters(), lr=cfg.dnp_lr)
             sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(m) for m in cfg.dnp_milestones], cfg.dnp_gamma)
             self.D.train()
             phase = self.checkpoints.phase("dnp", modules={"D": self.D}, optimizers={"adam": opt},
-                                           schedulers={"lr": sched}, generators=generators)
+                                           schedulers={"lr": sched})
             seconds = phase.extra_state.setdefault("epoch_s", [])
+            stream = self._stream(phase, epochs, images, "tocoad/dnp", anomalies=True, with_normals=False)
             for epoch in tqdm(phase.epochs(epochs), total=epochs, initial=phase.epoch, desc="ToCoAD stage I (DNP)",
                               disable=not self.progress):
                 t0 = time.perf_counter()
-                for idx in self._batches(phase, epoch, len(images)):
-                    loss = self.dnp_loss(self._float(images[idx]))
+                for batch in stream.epoch(epoch):
+                    syn, masks = to_device(batch, self.device)
+                    loss = self.dnp_loss(syn, masks)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    phase.step_done(loss, len(idx))
+                    phase.step_done(loss, len(syn))
                 sched.step()
                 phase.epoch_done()
                 seconds.append(time.perf_counter() - t0)
+            stream.close()
             opt.zero_grad(set_to_none=True)
             phase.finish()
             self.checkpoints.save()  # the stage boundary: a kill in stage II does not redo stage I
@@ -279,20 +334,12 @@ class ToCoADTrainer:
             loss = self.C.loss(per_view, targets)
         return full(loss)
 
-    def neg_loss(self, x: torch.Tensor) -> torch.Tensor:
-        """L_neg: the frozen D's loss (``neg_criterion``) on synthetic anomalies of ``x`` seen
-        through the current F. G draws on the CPU: pass the batch's CPU copy when there is one
-        (copying a GPU batch back would wait for the GPU at every step)."""
-        syn, masks = self.G(x if x.device.type == "cpu" else x.cpu(), self.rng)
-        syn, masks = syn.to(self.device), masks.to(self.device)
+    def neg_loss(self, syn: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """L_neg: the frozen D's loss (``neg_criterion``) on a synthetic batch (G's images of
+        the step's normal images and their masks, on the device) seen through the current F."""
         with self.autocast():
             logits = self.discriminate(self.F(syn), syn.shape[-2:])
         return self.neg_criterion(full(logits), masks)
-
-    def ncl_losses(self, x: torch.Tensor, with_neg: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """(L_sym, L_neg) of one batch; ``with_neg=False`` (NCL without DNP) gives L_neg = 0."""
-        l_neg = self.neg_loss(x) if with_neg else torch.zeros((), device=self.device)
-        return self.sym_loss(x), l_neg
 
     def fit_ncl(self, images: torch.Tensor, epochs: Optional[int] = None, lam: Optional[float] = None) -> None:
         """Fine-tune F jointly with C under the frozen D's guidance (eq. 6). ``lam`` defaults
@@ -328,7 +375,7 @@ class ToCoADTrainer:
         modules = {"F": self.F, "C": self.C}
         if self.F_target is not None:
             modules["F_target"] = self.F_target
-        generators = {"anomalies": self.rng, "views": self.view_gen}
+        generators = {"views": self.view_gen}
         if self.checkpoints.finished("ncl"):
             phase = self.checkpoints.phase("ncl", modules=modules, generators=generators)
         else:
@@ -356,6 +403,8 @@ class ToCoADTrainer:
         extra = phase.extra_state
         for key in ("ncl_sym", "ncl_neg", "ncl_epoch_s", "ncl_extractor_trained"):
             extra.setdefault(key, [])
+        with_neg = lam < 1.0
+        stream = self._stream(phase, epochs, images, "tocoad/ncl", anomalies=with_neg, with_normals=True)
         for epoch in tqdm(phase.epochs(epochs), total=epochs, initial=phase.epoch, desc="ToCoAD stage II (NCL)",
                           disable=not self.progress):
             train_f = epoch >= cfg.freeze_epochs  # seed 000: F frozen for the first freeze_epochs
@@ -363,17 +412,17 @@ class ToCoADTrainer:
             self.C.train()
             self.F.eval()
             t0 = time.perf_counter()
-            for idx in self._batches(phase, epoch, len(images)):
-                x_host = self._float(images[idx])
-                x = x_host.to(self.device, non_blocking=True)
+            for batch in stream.epoch(epoch):
+                batch = to_device(batch, self.device)
+                x = as_float(batch[0])
                 # eq. 6, back-propagated term by term (gradients add up to those of the sum;
                 # peak memory holds one group's activations instead of three)
                 opt.zero_grad(set_to_none=True)
                 l_sym = self.sym_loss(x)
                 (lam * l_sym).backward()
-                if lam < 1.0:
+                if with_neg:
                     with torch.set_grad_enabled(train_f):
-                        l_neg = self.neg_loss(x_host)
+                        l_neg = self.neg_loss(batch[1], batch[2])
                     if train_f:
                         ((1.0 - lam) * l_neg).backward()
                 else:
@@ -396,6 +445,7 @@ class ToCoADTrainer:
             extra["ncl_neg"].append(means[1])
             extra["ncl_epoch_s"].append(time.perf_counter() - t0)
             extra["ncl_extractor_trained"].append(float(train_f))
+        stream.close()
 
     @torch.no_grad()
     def projector_spread(self, images: torch.Tensor, augment: bool = True) -> list[float]:
@@ -404,7 +454,7 @@ class ToCoADTrainer:
         measured on SimSiam views of ``images`` (what C is trained on) with C in eval mode. The
         views come from a generator of their own, so the diagnostic leaves training untouched."""
         self.C.eval()
-        x = self._float(images).to(self.device)
+        x = as_float(images).to(self.device)
         if augment:
             x = SimSiamViews(tuple(x.shape[-2:]))(x, torch.Generator().manual_seed(0))
         with self.autocast():

@@ -243,17 +243,7 @@ class Phase:
                 max_steps: Optional[int] = None) -> Iterator[torch.Tensor]:
         """Index batches of epoch ``epoch`` over ``n`` items, skipping the steps already done.
         ``min_batch`` drops a shorter last batch (batch-norm needs 2); ``max_steps`` caps it."""
-        order = self.order(epoch, n)
-        starts = list(range(0, n, int(batch_size)))
-        if max_steps is not None:
-            starts = starts[: max(1, int(max_steps))]
-        for i, start in enumerate(starts):
-            if i < self.step:
-                continue
-            idx = order[start : start + int(batch_size)]
-            if len(idx) < min_batch:
-                continue
-            yield idx
+        return self._epoch_batches(epoch, n, batch_size, min_batch, max_steps, skip=self.step)
 
     def plan(self, n_epochs: int, n: int, batch_size: int, *, min_batch: int = 1,
              max_steps: Optional[int] = None) -> Iterator[tuple[int, torch.Tensor]]:
@@ -265,17 +255,27 @@ class Phase:
 
         def tickets() -> Iterator[tuple[int, torch.Tensor]]:
             for epoch in range(first_epoch, int(n_epochs)):
-                order = self.order(epoch, n)
-                starts = list(range(0, n, int(batch_size)))
-                if max_steps is not None:
-                    starts = starts[: max(1, int(max_steps))]
-                for i, start in enumerate(starts):
-                    idx = order[start : start + int(batch_size)]
-                    if (epoch == first_epoch and i < first_step) or len(idx) < min_batch:
-                        continue
+                skip = first_step if epoch == first_epoch else 0
+                for idx in self._epoch_batches(epoch, n, batch_size, min_batch, max_steps, skip=skip):
                     yield epoch, idx
 
         return tickets()
+
+    def _epoch_batches(self, epoch: int, n: int, batch_size: int, min_batch: int,
+                       max_steps: Optional[int], *, skip: int) -> Iterator[torch.Tensor]:
+        """The one definition of an epoch's batches (``batches`` and ``plan`` both read it): the
+        seeded permutation cut into ``batch_size`` slices, capped at ``max_steps``, the first
+        ``skip`` steps left out (already done before a resume) and a last slice shorter than
+        ``min_batch`` dropped. A skipped step still counts, so step numbers match the saved ones."""
+        order = self.order(epoch, n)
+        starts = list(range(0, n, int(batch_size)))
+        if max_steps is not None:
+            starts = starts[: max(1, int(max_steps))]
+        for i, start in enumerate(starts):
+            idx = order[start : start + int(batch_size)]
+            if i < skip or len(idx) < min_batch:
+                continue
+            yield idx
 
     def steps(self, n_steps: int) -> Iterator[int]:
         """Step-based training (no epochs: CutPaste's 256-step "epochs" are a schedule unit)."""
