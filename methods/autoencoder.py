@@ -53,7 +53,7 @@ from adbench.components.blur import gaussian_blur
 from adbench.components.losses import ssim_loss, ssim_map
 from adbench.config import MethodConfig
 from adbench.data import Batch
-from adbench.inputs import BatchStream, gather, to_device
+from adbench.inputs import BatchStream, as_float, gather, to_device
 from adbench.detector import Detector, Prediction
 from adbench.errors import ConfigError
 from adbench.precision import full
@@ -195,7 +195,7 @@ class Autoencoder(Detector):
                        disable=not self.context.progress)
             for epoch in bar:
                 for (batch,) in stream.epoch(epoch):
-                    x = normalise(to_device(batch, self.device).float() / 255.0)
+                    x = normalise(as_float(to_device(batch, self.device)))
                     with self.context.autocast():
                         recon = self.model(x)
                     loss = self.reconstruction_loss(full(recon), x)

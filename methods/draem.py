@@ -91,7 +91,7 @@ from adbench.components.losses import focal_loss, ssim_loss
 from adbench.components.synth import TextureSource, numpy_rng, perlin_texture_anomaly
 from adbench.config import MethodConfig
 from adbench.data import Batch
-from adbench.inputs import BatchStream, per_sample, to_device
+from adbench.inputs import BatchStream, as_float, per_sample, to_device
 from adbench.detector import Detector, Prediction
 from adbench.errors import ConfigError
 from adbench.precision import full
@@ -435,7 +435,7 @@ class DRAEMAnomalySampler:
         if image.dtype == torch.uint8 and rng.random() < self.rotate_prob:
             angle = float(rng.uniform(-self.rotate_degrees, self.rotate_degrees))
             image = TF.rotate(image, angle, interpolation=TF.InterpolationMode.BILINEAR, fill=[0.0])
-        normal = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+        normal = as_float(image)
         h, w = normal.shape[-2:]
         if rng.random() >= self.anomaly_prob:
             return normal, normal.clone(), torch.zeros(h, w, dtype=torch.bool)

@@ -81,6 +81,7 @@ is ~260 CPU-s; an earlier wall-clock measurement at lower load (1-12) gave 88.7 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -258,11 +259,15 @@ class UniAD(Detector):
         """Every training image's features, extracted once: float32 in RAM when they fit
         ``feature_cache_gb`` and the job's cache RAM, else a float16 memory-mapped file in the
         job's work folder (module docstring). ``self.feature_cache`` says which."""
-        n = len(getattr(train_loader, "dataset", ()) or ()) or sum(len(b) for b in train_loader)
+        n = len(getattr(train_loader, "dataset", ()) or ())
+        if not n:  # batches from outside the harness (any iterable): read them once
+            train_loader = list(train_loader)
+            n = sum(len(b) for b in train_loader)
         shape = (n, sum(self.backbone.channels), *self.grid)
         budget = min(int(self.config.feature_cache_gb * 2**30), int(self.context.inputs.cache_bytes))
-        placed = ram_or_disk(shape, torch.float32, budget, self.context.workdir, "uniad-features")
-        if placed.where != "ram":
+        if math.prod(shape) * 4 <= budget:
+            placed = ram_or_disk(shape, torch.float32, budget, self.context.workdir, "uniad-features")
+        else:
             placed = ram_or_disk(shape, torch.float16, 0, self.context.workdir, "uniad-features")
         start = 0
         for batch in train_loader:
@@ -271,7 +276,6 @@ class UniAD(Detector):
             placed.tensor[start : start + len(feats)] = feats.to("cpu", placed.tensor.dtype)
             start += len(feats)
         self.feature_cache = placed.describe()
-        self.feature_cache.pop("file", None)
         if placed.where == "ram" and self.device.type == "cuda":
             return placed.tensor[:start].to(self.device)  # as the old RAM cache: kept on the GPU
         return placed.tensor[:start]

@@ -81,13 +81,14 @@ def train_on_features(
     (valid because the backbone is frozen and the method uses no image augmentation); without
     it (the paper profiles: 7 MB of WRN50 maps per image do not fit in RAM for 10,000 images)
     each epoch runs the backbone again, on images decoded once per job
-    (``context.training_images``, in the job's DataLoader workers), in that same order. Either way a resumed run continues at the saved epoch and step
-    (``adbench.training``); a finished training needs no features. Losses stay on the device
-    (``Phase.step_done``): nothing here waits for the GPU inside an epoch.
+    (``context.training_images``, in the job's DataLoader workers), in that same order. Either
+    way a resumed run continues at the saved epoch and step (``adbench.training``); a finished
+    training needs no features. Losses stay on the device (``Phase.step_done``): nothing here
+    waits for the GPU inside an epoch.
     """
     from tqdm.auto import tqdm
 
-    from adbench.inputs import BatchStream, gather, to_device
+    from adbench.inputs import BatchStream, as_float, gather, to_device
 
     checkpoints, device = context.checkpoints, context.device
     if checkpoints.finished("train"):
@@ -103,7 +104,7 @@ def train_on_features(
         if store is not None:
             batches = (store.take(idx, device) for idx in phase.batches(epoch, len(store), batch_size))
         else:
-            batches = (backbone(to_device(b, device).float() / 255.0) for (b,) in stream.epoch(epoch))
+            batches = (backbone(as_float(to_device(b, device))) for (b,) in stream.epoch(epoch))
         for feats in batches:
             loss = loss_fn(feats)
             optimizer.zero_grad(set_to_none=True)

@@ -40,7 +40,7 @@ from adbench.components.synth import (TextureSource, cutmix, cutout, cutpaste, n
 from adbench.components.simsiam_views import SimSiamViews
 from adbench.components.tocoad_networks import SiameseHeads, build_discriminator, ema_update
 from adbench.errors import ConfigError
-from adbench.inputs import BatchStream, InputSettings, gather, sample_rng, to_device
+from adbench.inputs import BatchStream, InputSettings, as_float, gather, sample_rng, to_device
 from adbench.precision import full
 
 
@@ -130,11 +130,6 @@ class AnomalyGenerator:
         """``batch`` with one generator (numpy or torch) for the whole batch (tests, diagnostics)."""
         rng = numpy_rng(generator)
         return self.batch(images, [rng] * len(images))
-
-
-def as_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images (the decoded-image cache) -> float in [0, 1]; float images pass through."""
-    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
 
 
 class SyntheticBatches:

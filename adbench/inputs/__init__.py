@@ -14,11 +14,11 @@ old loaders decoded every training image again in every epoch, in the main proce
   epoch, sample), so the batches do not depend on the number of workers.
 """
 from adbench.inputs.arrays import ram_or_disk
-from adbench.inputs.images import DecodedImages, decode_training_images
+from adbench.inputs.images import DecodedImages, as_float, decode_training_images
 from adbench.inputs.settings import InputSettings, default_cache_bytes, default_workers
 from adbench.inputs.stream import BatchStream, gather, per_sample, sample_rng, to_device
 
 __all__ = [
-    "BatchStream", "DecodedImages", "InputSettings", "decode_training_images", "default_cache_bytes",
+    "BatchStream", "DecodedImages", "InputSettings", "as_float", "decode_training_images", "default_cache_bytes",
     "default_workers", "gather", "per_sample", "ram_or_disk", "sample_rng", "to_device",
 ]

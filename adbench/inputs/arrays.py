@@ -31,8 +31,9 @@ class Placed:
         return self.tensor.numel() * self.tensor.element_size()
 
     def describe(self) -> dict:
-        return {"where": "ram" if self.where == "ram" else "disk", "bytes": self.nbytes,
-                **({} if self.where == "ram" else {"file": self.where})}
+        """For a record: RAM or disk, and the bytes (not the spill file's path: it is in the
+        job's work folder and gone with the job)."""
+        return {"where": "ram" if self.where == "ram" else "disk", "bytes": self.nbytes}
 
 
 def ram_or_disk(shape: tuple[int, ...], dtype: torch.dtype, budget_bytes: int, workdir: Optional[str],

@@ -21,7 +21,7 @@ import torch
 
 from adbench.data import Batch, Sample, SampleDataset, collate
 from adbench.inputs.arrays import Placed, ram_or_disk
-from adbench.inputs.settings import InputSettings, worker_context
+from adbench.inputs.settings import InputSettings, own_generator, worker_context
 
 DECODE_BATCH = 32
 
@@ -42,7 +42,6 @@ class DecodedImages:
     def describe(self) -> dict[str, Any]:
         """The record's ``image_cache``: images, bytes, RAM or disk, time spent decoding."""
         where = self.placed.describe() if self.placed is not None else {"where": "ram", "bytes": 0}
-        where.pop("file", None)  # a work-folder path, gone with the job
         return {"images": len(self), **where, "decode_seconds": round(self.decode_seconds, 3)}
 
     def loader(self, batch_size: int) -> torch.utils.data.DataLoader:
@@ -50,7 +49,7 @@ class DecodedImages:
         indexing RAM is faster than handing tensors between processes). Only ``exact`` caches
         stand in for their loader."""
         return torch.utils.data.DataLoader(_CachedSamples(self), batch_size=int(batch_size), shuffle=False,
-                                           num_workers=0, collate_fn=collate, generator=_own_generator())
+                                           num_workers=0, collate_fn=collate, generator=own_generator())
 
 
 class _CachedSamples(torch.utils.data.Dataset):
@@ -64,8 +63,14 @@ class _CachedSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         s = self.samples[index]
-        return {"image": self.images.tensor[index].float() / 255.0, "label": int(s.label), "path": str(s.path),
+        return {"image": as_float(self.images.tensor[index]), "label": int(s.label), "path": str(s.path),
                 "category": s.category, "defect_type": s.defect_type}
+
+
+def as_float(images: torch.Tensor) -> torch.Tensor:
+    """Cached uint8 images -> float in [0, 1], exactly what the harness's loader gives (float
+    images, from a loader outside the harness, pass through as float)."""
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
 
 
 def decode_training_images(train_loader: Iterable[Batch], settings: InputSettings,
@@ -96,19 +101,12 @@ def _decode_dataset(dataset: SampleDataset, settings: InputSettings, workdir: Op
                                          num_workers=settings.workers,
                                          prefetch_factor=settings.prefetch_factor if settings.workers else None,
                                          multiprocessing_context=worker_context(settings.workers),
-                                         generator=_own_generator())
+                                         generator=own_generator())
     start = 0
     for batch in loader:
         placed.tensor[start : start + len(batch)] = batch.images
         start += len(batch)
     return DecodedImages(placed.tensor, samples, placed)
-
-
-def _own_generator() -> torch.Generator:
-    """A DataLoader without a generator of its own draws its workers' base seed from the job's
-    global torch generator each time it is iterated, which would shift every later random draw
-    of the training (dropout, noise) against a run that decoded differently."""
-    return torch.Generator().manual_seed(0)
 
 
 def _from_batches(batches: Iterable[Batch]) -> DecodedImages:

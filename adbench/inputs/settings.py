@@ -78,6 +78,16 @@ def default_cache_bytes(jobs_at_once: int) -> int:
     return int(available_memory_bytes() * CACHE_SHARE_OF_AVAILABLE / max(1, int(jobs_at_once)))
 
 
+def own_generator():
+    """The torch generator every input DataLoader gets. A DataLoader without one draws its
+    workers' base seed from the job's global torch generator each time it is iterated, which
+    would shift every later random draw of the training (initialisation, dropout, noise)
+    against a run that decoded or streamed differently. Nothing random is drawn from it."""
+    import torch
+
+    return torch.Generator().manual_seed(0)
+
+
 def worker_context(workers: int):
     """The multiprocessing context of a job's DataLoader workers: ``fork`` where the platform
     has it. A job runs in a process started by a forkserver (``adbench.executors``), whose

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from adbench.inputs.settings import InputSettings, worker_context
+from adbench.inputs.settings import InputSettings, own_generator, worker_context
 
 Ticket = tuple[int, Any]  # (epoch, key): key = image indices (tensor) or a step number
 
@@ -103,7 +103,7 @@ class BatchStream:
             collate_fn=_no_collate, pin_memory=bool(settings.pin_memory),
             prefetch_factor=settings.prefetch_factor if workers else None,
             multiprocessing_context=worker_context(workers),
-            generator=torch.Generator().manual_seed(0),  # never the job's global torch state (images.py)
+            generator=own_generator(),  # never the job's global torch state
         )
         self._iterator: Optional[Iterator] = iter(loader)
         self._ahead: Optional[tuple[int, Any]] = None
