@@ -15,6 +15,7 @@ from typing import Optional
 import click
 
 from adbench.errors import Terminated, UserError
+from adbench.options import RUN_OPTIONS
 
 
 def _fail(exc: UserError, debug: bool) -> None:
@@ -32,7 +33,7 @@ def _guard(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         debug = bool(kwargs.get("debug"))
-        from adbench import store
+        from adbench.results import store
 
         store.reset_warnings()  # one warning per bad file and command (tests run many in one process)
         try:
@@ -74,89 +75,76 @@ def main() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-@main.command("run")
-@click.option("--method", "-m", default="all", show_default=True, help="Method name, comma list, or 'all'.")
-@click.option("--dataset", "-d", default="synthetic", show_default=True, help="Dataset adapter name.")
-@click.option("--data-root", default=None, help="Dataset folder (not needed for synthetic).")
-@click.option("--category", "-c", default=None, help="Category name or comma list (default: all found).")
-@click.option("--profile", default="paper", show_default=True, help="Config profile: paper or quick.")
-@click.option("--set", "set_options", multiple=True, metavar="KEY=VALUE", help="Config override (repeatable).")
-@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
-              help="YAML overrides: flat keys, and/or methods: {name: {...}}.")
-@click.option("--seed", default="0", show_default=True, help="Seed or comma list (one job per seed).")
-@click.option("--protocol", type=click.Choice(["single", "unified"]), default="single", show_default=True)
-@click.option("--results", default="results", show_default=True, help="Results folder (records).")
-@click.option("--weights", default=None, help="Backbone weights: a file, or 'random' (tests).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda (every visible GPU) or cuda:N.")
-@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Import a module that registers more.")
-@click.option("--rerun", is_flag=True, help="Run jobs again even when their records exist.")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
-@click.option("--metric", default="image_auroc,pixel_auroc", show_default=True, help="Metrics of the final table.")
-@click.option("--save-predictions", is_flag=True,
-              help="Keep image scores, float16 maps and sample paths beside each record (<record>.npz).")
-@click.option("--jobs", "-j", "n_jobs", default=None, type=int,
-              help="Jobs at once on this machine [default: one per visible GPU, 1 on a CPU]; the cores are "
-                   "divided between them.")
-@click.option("--job-timeout", default=None, type=float, metavar="SECONDS",
-              help="A job running longer is stopped and recorded as failed (its checkpoint is kept).")
-@click.option("--cpus-per-job", default=None, type=float, help="Ray: CPUs per job, also its threads [default: 4].")
-@click.option("--gpus-per-job", default=None, type=float, help="Ray: GPUs per job [default: 1 when the cluster has GPUs].")
-@click.option("--memory-per-job", default=None, type=float, metavar="GIB", help="Ray: memory each job reserves.")
-@click.option("--checkpoint-every", default=600.0, show_default=True, type=float, metavar="SECONDS",
-              help="Save each training job's complete state this often (and when training ends); "
-                   "a rerun resumes from it. 0 turns checkpoints off.")
-@click.option("--checkpoint-dir", default=None, type=click.Path(file_okay=False),
-              help="Where checkpoints go [default: <results>/.checkpoints]; Ray workers must be able to write it.")
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "tf32", "bf16"]),
-              help="Numeric precision of the networks (fp32: what the papers ran; bf16: autocast; "
-                   "tf32: TF32 tensor cores on GPUs). Part of each job's identity.")
-@click.option("--workdir", default=None, type=click.Path(file_okay=False),
-              help="Where jobs keep work files (spill files, caches) [default: the system temp folder; "
-                   "GPU nodes often have a small /tmp].")
-@click.option("--workers", default=None, type=int,
-              help="DataLoader worker processes per job [default: on a GPU the job's CPUs minus one, at most "
-                   "8; on a CPU none]; results do not depend on it.")
-@click.option("--cache-gb", default=None, type=float, metavar="GIB",
-              help="RAM per job for decoded training images and cached features; what does not fit is "
-                   "memory-mapped under --workdir [default: a quarter of the available memory, divided "
-                   "between the jobs that run at once].")
-@click.option("--keep-checkpoints", is_flag=True,
-              help="Keep each job's final checkpoint (the trained model) after its record is written.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-@click.option("--debug", is_flag=True, help="Tracebacks for user errors.")
-@_guard
-def run_cmd(method, dataset, data_root, category, profile, set_options, config_file, seed, protocol,
-            results, weights, device, plugins, rerun, executor, metric, save_predictions, n_jobs, job_timeout,
-            cpus_per_job, gpus_per_job, memory_per_job, checkpoint_every, checkpoint_dir, precision, workdir,
-            workers, cache_gb, keep_checkpoints, quiet, debug) -> None:
-    """Run methods over a dataset's categories; print the per-category table."""
-    from adbench.errors import ConfigError
-    from adbench.records import METRIC_KEYS
-    from adbench.runner import RunOptions, run
-    from adbench.tables import build_tables, render
+def click_option(option):
+    """The click option of one run option declaration (``adbench.options.Option``)."""
+    kwargs = dict(default=option.default, help=option.help, show_default=option.show_default)
+    if option.metavar:
+        kwargs["metavar"] = option.metavar
+    if option.multiple:
+        kwargs["multiple"] = True
+    elif option.type is bool:
+        kwargs["is_flag"] = True
+        if option.flag_value is not None:
+            kwargs["flag_value"] = option.flag_value
+    elif isinstance(option.type, tuple):
+        kwargs["type"] = click.Choice(list(option.type))
+    elif option.path:
+        kwargs["type"] = click.Path(dir_okay=option.path != "file", file_okay=option.path != "dir")
+    else:
+        kwargs["type"] = option.type
+    return click.option(*option.flags, option.name, **kwargs)
 
-    _raise_on_sigterm()
-    metrics = [m.strip() for m in metric.split(",") if m.strip()]
+
+def run_options(options):
+    """Decorate a command with one click option per declaration, in declaration order."""
+
+    def decorate(func):
+        for option in reversed(options):
+            func = click_option(option)(func)
+        return func
+
+    return decorate
+
+
+def make_run_command(options):
+    """``adbench run``: its options are exactly ``options`` (``adbench.options.RUN_OPTIONS``)."""
+
+    @click.command("run")
+    @run_options(options)
+    @click.option("--debug", is_flag=True, help="Tracebacks for user errors.")
+    @_guard
+    def run_cmd(debug, **values) -> None:
+        """Run methods over a dataset's categories; print the per-category table."""
+        from adbench.options import options_class
+        from adbench.run.runner import RunOptions
+
+        _raise_on_sigterm()
+        execute_run((RunOptions if options is RUN_OPTIONS else options_class(options))(**values))
+
+    return run_cmd
+
+
+def execute_run(opts) -> None:
+    """Run the grid ``opts`` describes, print the final table and the summary line, exit with the
+    run's code (0 all ok, 1 a job failed)."""
+    from adbench.errors import ConfigError
+    from adbench.results.records import METRIC_KEYS
+    from adbench.reporting.tables import build_tables, render
+    from adbench.run.runner import run
+
+    metrics = [m.strip() for m in opts.metric.split(",") if m.strip()]
     unknown = [m for m in metrics if m not in METRIC_KEYS]
     if unknown:
         raise ConfigError(f"--metric {', '.join(unknown)}: unknown (known: {', '.join(METRIC_KEYS)})")
-
-    opts = RunOptions(
-        method=method, dataset=dataset, data_root=data_root, category=category, profile=profile,
-        set_options=list(set_options), config_file=config_file, seed=seed, protocol=protocol,
-        results=results, weights=weights, device=device, plugins=list(plugins), rerun=rerun,
-        executor=executor, progress=not quiet, save_predictions=save_predictions,
-        checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir, keep_checkpoints=keep_checkpoints,
-        jobs=n_jobs, job_timeout=job_timeout, cpus_per_job=cpus_per_job, gpus_per_job=gpus_per_job,
-        memory_per_job=memory_per_job, workdir=workdir, precision=precision,
-        workers=workers, cache_gb=cache_gb,
-    )
     summary = run(opts)
     tables = build_tables(summary.records, metrics)
     if tables:
         click.echo(render(tables, "md"))
     click.echo(f"{summary.line()}; records in {summary.plan.store.root} ({summary.seconds:.1f} s)", err=True)
     sys.exit(summary.exit_code)
+
+
+main.add_command(make_run_command(RUN_OPTIONS))
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,8 +217,8 @@ def table_cmd(results, dataset, metric, fmt, out: Optional[str], long_, referenc
     from pathlib import Path
 
     from adbench.errors import ConfigError, DataError
-    from adbench.store import Store
-    from adbench.tables import build_tables, render, render_long
+    from adbench.results.store import Store
+    from adbench.reporting.tables import build_tables, render, render_long
 
     root = Path(results)
     if not root.is_dir():
@@ -248,18 +236,18 @@ def table_cmd(results, dataset, metric, fmt, out: Optional[str], long_, referenc
     if long_:
         text = render_long(records, metrics, fmt=fmt or "csv")
     elif reference or reference_all:
-        from adbench import reference as ref
+        from adbench.reporting import reference as ref
 
         tables = ref.comparison_tables(records, ref.load(reference_dir), metrics, include_ablation=reference_all)
         if not tables:
             raise DataError(f"--results {root}: no records of a method and metric with published numbers")
         text = render(tables, fmt or "md")
     elif efficiency:
-        from adbench.efficiency import efficiency_table
+        from adbench.reporting.efficiency import efficiency_table
 
         text = render([efficiency_table(records)], fmt or "md")
     elif ci:
-        from adbench.bootstrap import ci_tables
+        from adbench.reporting.bootstrap import ci_tables
 
         text = render(ci_tables(records, metrics), fmt or "md")
     else:
@@ -286,9 +274,9 @@ def evaluate_cmd(results, dataset, tolerance, debug) -> None:
 
     from tabulate import tabulate
 
-    from adbench import predictions
+    from adbench.results import predictions
     from adbench.errors import DataError
-    from adbench.store import Store
+    from adbench.results.store import Store
 
     root = Path(results)
     if not root.is_dir():
@@ -330,9 +318,10 @@ def plot_cmd(kind, results, dataset, metric, x_key, method, category, samples, n
     """Figures from stored records: heatmap, bars (means with CIs), cost (vs accuracy), gallery."""
     from pathlib import Path
 
-    from adbench import plots, predictions
+    from adbench.reporting import plots
+    from adbench.results import predictions
     from adbench.errors import ConfigError, DataError
-    from adbench.store import Store
+    from adbench.results.store import Store
 
     root = Path(results)
     records = [r for r in Store(root).records(dataset) if r.get("status") == "ok"] if root.is_dir() else []
@@ -373,10 +362,10 @@ def compare_cmd(method_a, method_b, results, dataset, category, n_boot, debug) -
 
     from tabulate import tabulate
 
-    from adbench.bootstrap import compare_records
-    from adbench.predictions import has_predictions
+    from adbench.reporting.bootstrap import compare_records
+    from adbench.results.predictions import has_predictions
     from adbench.errors import DataError
-    from adbench.store import Store
+    from adbench.results.store import Store
 
     wanted = set(category.split(",")) if category else None
     by = {}

@@ -412,60 +412,19 @@ def coerce_value(key: str, raw: Any, annotation: Any, *, method: str = "") -> An
     where = f"--set {key}={raw!r}"
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    # Optional[X] / X | None
-    if origin in (typing.Union, types.UnionType):
-        if raw is None or (isinstance(raw, str) and raw.strip().lower() in {"none", "null", ""}):
-            if type(None) in args:
-                return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce_value(key, raw, arg, method=method)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(f"{where}: expected {_type_name(annotation)}")
+    if origin in (typing.Union, types.UnionType):  # Optional[X] / X | None
+        return _coerce_union(key, raw, annotation, args, method)
     if origin is typing.Literal:
         for choice in args:
             if str(choice) == str(raw):
                 return choice
         raise ConfigError(f"{where}: expected one of {', '.join(map(str, args))}")
     if origin in (tuple, list):
-        items = raw
-        if isinstance(raw, str):
-            items = [s for s in raw.replace("+", ",").split(",") if s.strip() != ""]
-        if not isinstance(items, (list, tuple)):
-            raise ConfigError(f"{where}: expected a comma-separated list")
-        inner = args[0] if args else str
-        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-            inner = args[0]
-        elif origin is tuple and args and args[-1] is not Ellipsis:
-            if len(items) != len(args):
-                raise ConfigError(f"{where}: expected {len(args)} values")
-            return tuple(coerce_value(key, v, a, method=method) for v, a in zip(items, args))
-        converted = [coerce_value(key, v, inner, method=method) for v in items]
-        return tuple(converted) if origin is tuple else converted
+        return _coerce_sequence(key, raw, origin, args, method)
     if annotation is bool:
-        if isinstance(raw, bool):
-            return raw
-        text = str(raw).strip().lower()
-        if text in {"1", "true", "yes", "on"}:
-            return True
-        if text in {"0", "false", "no", "off"}:
-            return False
-        raise ConfigError(f"{where}: expected true or false")
+        return _coerce_bool(where, raw)
     if annotation is int:
-        if isinstance(raw, bool):
-            raise ConfigError(f"{where}: expected an integer")
-        try:
-            value = float(raw) if isinstance(raw, str) and any(c in raw for c in ".eE") else raw
-            as_int = int(value)
-            if isinstance(value, float) and value != as_int:
-                raise ValueError
-            return as_int
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected an integer") from None
+        return _coerce_int(where, raw)
     if annotation is float:
         try:
             return float(raw)
@@ -478,6 +437,67 @@ def coerce_value(key: str, raw: Any, annotation: Any, *, method: str = "") -> An
     if annotation is typing.Any:
         return raw
     raise ConfigError(f"{where}: unsupported field type {_type_name(annotation)}")
+
+
+def _coerce_union(key: str, raw: Any, annotation: Any, args: tuple, method: str) -> Any:
+    """None for ``none``/``null``/'' when the union allows it, else the first member type that
+    takes the value."""
+    if raw is None or (isinstance(raw, str) and raw.strip().lower() in {"none", "null", ""}):
+        if type(None) in args:
+            return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return coerce_value(key, raw, arg, method=method)
+        except ConfigError:
+            pass
+    raise ConfigError(f"--set {key}={raw!r}: expected {_type_name(annotation)}")
+
+
+def _coerce_sequence(key: str, raw: Any, origin: Any, args: tuple, method: str) -> Any:
+    """A list or tuple from a comma (or ``+``) separated string or a YAML list, each item
+    coerced; a fixed-length tuple needs exactly its number of values."""
+    where = f"--set {key}={raw!r}"
+    items = raw
+    if isinstance(raw, str):
+        items = [s for s in raw.replace("+", ",").split(",") if s.strip() != ""]
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"{where}: expected a comma-separated list")
+    inner = args[0] if args else str
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        inner = args[0]
+    elif origin is tuple and args and args[-1] is not Ellipsis:
+        if len(items) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values")
+        return tuple(coerce_value(key, v, a, method=method) for v, a in zip(items, args))
+    converted = [coerce_value(key, v, inner, method=method) for v in items]
+    return tuple(converted) if origin is tuple else converted
+
+
+def _coerce_bool(where: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{where}: expected true or false")
+
+
+def _coerce_int(where: str, raw: Any) -> int:
+    """An integer, also from ``1e3`` or ``2.0``; never from a bool or a fraction."""
+    if isinstance(raw, bool):
+        raise ConfigError(f"{where}: expected an integer")
+    try:
+        value = float(raw) if isinstance(raw, str) and any(c in raw for c in ".eE") else raw
+        as_int = int(value)
+        if isinstance(value, float) and value != as_int:
+            raise ValueError
+        return as_int
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected an integer") from None
 
 
 def _type_name(annotation: Any) -> str:

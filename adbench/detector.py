@@ -31,7 +31,8 @@ import torch
 
 from adbench.config import MethodConfig
 from adbench.data import Batch, Preprocess
-from adbench.inputs import DecodedImages, InputSettings, decode_training_images
+from adbench.data.image_cache import DecodedImages, decode_training_images
+from adbench.data.input_settings import InputSettings
 from adbench.training import Checkpointing
 from adbench.weights import NO_WEIGHTS, WeightsInfo
 
@@ -84,10 +85,10 @@ class RunContext:
     precision: ``fp32``, ``tf32`` or ``bf16`` (``adbench.precision``): neural methods run their
               networks' forward passes in ``with context.autocast():`` and bring the outputs
               back to float32 with ``adbench.precision.full`` before losses and statistics.
-    inputs:   the job's DataLoader workers and cache RAM (``adbench.inputs``). Methods that
+    inputs:   the job's DataLoader workers and cache RAM (``adbench.data`` input pipeline). Methods that
               go over their training images more than once take them from
               ``training_images(train_loader)`` (decoded once per job) and make their batches
-              with ``adbench.inputs.BatchStream``.
+              with ``adbench.data.batch_stream.BatchStream``.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))

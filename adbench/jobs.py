@@ -5,48 +5,49 @@ A job is (method, dataset, categories, seed, protocol, config hash, weights). Un
 trains one model on the union of the training sets of all selected categories and writes one
 record per category, so its key holds the *set* of categories.
 
-A ``Job`` is plain data (strings, numbers, a config dict): it crosses process boundaries
-(multiprocessing spawn, Ray) by pickling without dragging detector classes along, and the
-child rebuilds everything from it.
+A ``Job`` is plain, frozen data (strings, numbers, a config dict): it crosses process
+boundaries (multiprocessing, Ray) by pickling without dragging detector classes along, and the
+child rebuilds everything from it. Its fields are the job's own (below, ``JOB_FIELDS``) plus
+every run option declared ``in_job`` in ``adbench.options.RUN_OPTIONS`` (``--precision``,
+``--workers`` ...), so a new option reaches the jobs by its declaration alone. Where a job runs
+(``threads``, ``gpu``) is set by the executor with ``dataclasses.replace``, never by patching.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from dataclasses import asdict
+from typing import Any, Optional, Sequence
 
-PROTOCOLS = ("single", "unified")
+from adbench.options import PROTOCOLS, RUN_OPTIONS, Option, dataclass_field
+
+__all__ = ["Job", "JOB_FIELDS", "PROTOCOLS", "categories_hash", "job_class"]
+
+#: the fields a job has whatever the options: (name, type, default), MISSING for none and
+#: ``dict`` for a new empty dict each. ``config`` is
+#: the method's resolved config (dataclass values); ``categories`` one for ``single``, the
+#: training set for ``unified``; ``checkpoint_path`` None means no checkpoints; ``threads`` and
+#: ``gpu`` (CPU threads, physical GPU index) are the executor's.
+JOB_FIELDS: tuple[tuple[str, Any, Any], ...] = (
+    ("method", str, dataclasses.MISSING),
+    ("categories", list, dataclasses.MISSING),
+    ("seed", int, dataclasses.MISSING),
+    ("config", dict, dataclasses.MISSING),
+    ("config_hash", str, dataclasses.MISSING),
+    ("category_kinds", dict, dict),
+    ("checkpoint_path", Optional[str], None),
+    ("threads", Optional[int], None),
+    ("gpu", Optional[int], None),
+)
 
 
-@dataclass
-class Job:
-    method: str
-    dataset: str
-    data_root: Optional[str]
-    categories: list[str]  # one for `single`; the training set for `unified`
-    seed: int
-    protocol: str
-    profile: str
-    config: dict[str, Any]  # resolved config (dataclass values)
-    config_hash: str
-    weights: Optional[str] = None
-    precision: str = "fp32"  # part of the job's identity (adbench.precision); fp32 adds no tag
-    device: str = "auto"
-    progress: bool = True
-    plugins: list[str] = field(default_factory=list)
-    category_kinds: dict[str, str] = field(default_factory=dict)
-    save_predictions: bool = False  # keep test outputs (adbench.predictions); not part of key()
-    # checkpoints inside the job (adbench.training); none of these is part of key()
-    checkpoint_path: Optional[str] = None  # None: no checkpoints
-    checkpoint_every: float = 600.0  # seconds between checkpoints (0: none)
-    # where the job runs (set by the executor; not part of key()): CPU threads, physical GPU index
-    threads: Optional[int] = None
-    gpu: Optional[int] = None
-    workdir: Optional[str] = None  # parent of the job's work folder (--workdir); None: system temp
-    # the input pipeline (adbench.inputs; not part of key(): they never change a result)
-    workers: Optional[int] = None  # DataLoader workers (--workers); None: from the job's CPUs
-    cache_bytes: Optional[int] = None  # RAM for decoded images and features (--cache-gb); None: auto
+class JobIdentity:
+    """What a job is called and keyed by; ``Job`` adds the fields (``job_class``).
+
+    None of the fields from options that never change a result (``--workers``, ``--cache-gb``,
+    ``--save-predictions``, checkpoints, where it runs) is part of ``key()``.
+    """
 
     # --- identity ------------------------------------------------------------------------
     @property
@@ -106,55 +107,27 @@ class Job:
         return asdict(self)
 
 
+def job_class(options: Sequence[Option] = RUN_OPTIONS) -> type:
+    """The frozen ``Job`` dataclass: ``JOB_FIELDS`` plus one field per ``in_job`` option, with
+    the option's declared default."""
+    fields = []
+    for name, type_, default in JOB_FIELDS:
+        if default is dataclasses.MISSING:
+            fields.append((name, type_))
+        elif default is dict:
+            fields.append((name, type_, dataclasses.field(default_factory=dict)))
+        else:
+            fields.append((name, type_, dataclasses.field(default=default)))
+    fields += [dataclass_field(o) for o in options if o.in_job]
+    cls = dataclasses.make_dataclass("Job", fields, bases=(JobIdentity,), frozen=True)
+    cls.__module__ = __name__  # pickles as adbench.jobs.Job (to job processes and Ray tasks)
+    cls.__doc__ = "One job of a run (adbench.jobs): its own fields and the in-job run options."
+    return cls
+
+
+Job = job_class()
+
+
 def categories_hash(categories: list[str]) -> str:
     blob = json.dumps(sorted(categories))
     return hashlib.sha256(blob.encode()).hexdigest()[:6]
-
-
-def parse_seeds(spec: str | int | None) -> list[int]:
-    """``--seed 0`` or ``--seed 0,1,2`` -> [ints]; a bad value is a ConfigError."""
-    from adbench.errors import ConfigError
-
-    if spec is None or spec == "":
-        return [0]
-    if isinstance(spec, int) and not isinstance(spec, bool):
-        return [check_seed(spec, spec)]
-    seeds = []
-    for item in str(spec).split(","):
-        item = item.strip()
-        if not item:
-            continue
-        try:
-            seeds.append(int(item))
-        except ValueError:
-            raise ConfigError(f"--seed {spec!r}: expected an integer or a comma list of integers") from None
-    for seed in seeds:
-        check_seed(seed, spec)
-    if not seeds:
-        raise ConfigError(f"--seed {spec!r}: no seed given")
-    return list(dict.fromkeys(seeds))
-
-
-#: seeds feed numpy's legacy global generator (``np.random.seed``), whose seeds are 32-bit
-MAX_SEED = 2**32 - 1
-
-
-def check_seed(seed: int, spec=None) -> int:
-    """A seed in 0 .. 2**32 - 1, else a ConfigError naming --seed (checked before any job)."""
-    from adbench.errors import ConfigError
-
-    if not 0 <= seed <= MAX_SEED:
-        single = not isinstance(spec, str) or "," not in spec
-        head = f"--seed {seed}" if single else f"--seed {spec!r}: {seed}"
-        raise ConfigError(f"{head}: out of range (a seed is 0 .. {MAX_SEED}, i.e. below 2**32)")
-    return seed
-
-
-def parse_list(spec: Optional[str]) -> Optional[list[str]]:
-    """``a,b`` -> [a, b]; None / '' / 'all' -> None (meaning: all)."""
-    if spec is None:
-        return None
-    items = [s.strip() for s in str(spec).split(",") if s.strip()]
-    if not items or items == ["all"]:
-        return None
-    return list(dict.fromkeys(items))

@@ -41,7 +41,7 @@ def bottle_embeddings(n_images: int):
         return None, "clustered Gaussian cloud (../shared not found)"
     os.environ.setdefault("ADBENCH_WEIGHTS_DIR", str(weights))
     from adbench.components.backbone import Backbone
-    from adbench.components.patch_features import PatchAggregator
+    from adbench.methods.patchcore import PatchAggregator
     from adbench.data import Preprocess, load_rgb
 
     pre = Preprocess(256, 224)
@@ -62,7 +62,7 @@ def flat_loop(features, k, proj_dim=128, num_starts=10, seed=0):
     gen = torch.Generator().manual_seed(seed)
     matrix = C.random_projection(features.shape[1], proj_dim, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
     z = C.project(features, matrix)
-    mind = C._start_distances(z, num_starts, gen).pow(2)
+    mind = C.start_distances(z, num_starts, gen).pow(2)
     sq = (z * z).sum(1)
     d = torch.empty_like(mind)
     picks = torch.empty(k, dtype=torch.long)

@@ -23,10 +23,10 @@ import torch
 from adbench.config import parse_set_options, resolve_config
 from adbench.data import make_loader
 from adbench.detector import RunContext
-from adbench.metrics import aupro, image_auroc, pixel_auroc
+from adbench.evaluation.metrics import aupro, image_auroc, pixel_auroc
 from adbench.registry import DATASETS, METHODS
-from adbench.streaming_metrics import StreamingEvaluator
-from adbench.worker import seed_everything
+from adbench.evaluation.streaming import StreamingEvaluator
+from adbench.run.worker import seed_everything
 
 
 def main() -> None:

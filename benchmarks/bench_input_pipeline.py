@@ -51,7 +51,8 @@ sys.path.insert(0, str(ROOT))
 from adbench.config import resolve_config  # noqa: E402
 from adbench.data import Sample, SampleDataset, collate, make_loader  # noqa: E402
 from adbench.detector import RunContext  # noqa: E402
-from adbench.inputs import BatchStream, InputSettings, gather, per_sample  # noqa: E402
+from adbench.data.batch_stream import BatchStream, gather, per_sample
+from adbench.data.input_settings import InputSettings  # noqa: E402
 from adbench.registry import METHODS  # noqa: E402
 from adbench.training import Checkpointing  # noqa: E402
 from adbench.training.session import epoch_permutation  # noqa: E402

@@ -4,7 +4,7 @@ Why this exists: the runner evaluates with ``StreamingEvaluator`` so that memory
 with the test set. This shows, in one run, what that buys and what it costs in accuracy:
 
 * streaming pixel AUROC + AUPRO (one pass over batches, histogram state only) against
-* scikit-learn ``roc_auc_score`` and the exact ``adbench.metrics.aupro``, which need every pixel
+* scikit-learn ``roc_auc_score`` and the exact ``adbench.evaluation.metrics.aupro``, which need every pixel
   in memory at once (the input arrays alone are printed separately from their working memory).
 
 Maps are PatchCore-like: smooth noise around an offset, raised over blurred defect regions,
@@ -29,7 +29,8 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from adbench.metrics import StreamingEvaluator, aupro
+from adbench.evaluation.metrics import aupro
+from adbench.evaluation.streaming import StreamingEvaluator
 
 MB = 2.0 ** 20
 

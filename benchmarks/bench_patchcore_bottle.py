@@ -36,7 +36,7 @@ def main() -> None:
     from adbench.config import parse_set_options, resolve_config
     from adbench.data import make_loader
     from adbench.detector import RunContext
-    from adbench.metrics import image_auroc, pixel_auroc
+    from adbench.evaluation.metrics import image_auroc, pixel_auroc
     from adbench.registry import DATASETS, METHODS
 
     load0 = os.getloadavg()

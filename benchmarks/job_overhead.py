@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import adbench_testkit  # noqa: E402
-from adbench.executors import LocalExecutor  # noqa: E402
-from adbench.runner import RunOptions, plan_run  # noqa: E402
+from adbench.run.executors import LocalExecutor  # noqa: E402
+from adbench.run.runner import RunOptions, plan_run  # noqa: E402
 
 
 def measure(start_method: str, jobs) -> tuple[float, list[float]]:

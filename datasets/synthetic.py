@@ -58,6 +58,7 @@ from PIL import Image
 
 from adbench.dataset import CategoryIndex, CategoryInfo
 from adbench.errors import DataError
+from adbench.files import pid_alive
 from adbench.registry import register_dataset
 
 from ._mvtec_layout import MVTecStyleAdapter, walk_category
@@ -422,18 +423,6 @@ def _try_lock(fd: int) -> bool:
         return False
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, someone else's
-        return True
-    except OSError:
-        return True
-    return True
-
-
 def _owner(name: str) -> tuple[Optional[str], Optional[int]]:
     """(host, pid) from ``.synthetic-vN.tmp-<host>-<pid>-<token>``; (None, None) if older style."""
     rest = name.split(TMP_MARK, 1)[1]
@@ -460,7 +449,7 @@ def _is_stale(folder: Path, now: float) -> bool:
             return False  # locked: a live generation
     host, pid = _owner(folder.name)
     if host == _host() and pid is not None:
-        return not _pid_alive(pid)
+        return not pid_alive(pid)
     try:
         age = now - folder.stat().st_mtime
     except OSError:

@@ -40,7 +40,6 @@ bilinear up-sampling + conv up (the DRAEM reconstructive network's building bloc
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Iterable, Literal, Optional
 
@@ -51,9 +50,11 @@ from tqdm import tqdm
 
 from adbench.components.blur import gaussian_blur
 from adbench.components.losses import ssim_loss, ssim_map
+from adbench.components.step_budget import effective_epochs
 from adbench.config import MethodConfig
 from adbench.data import Batch
-from adbench.inputs import BatchStream, as_float, gather, to_device
+from adbench.data.batch_stream import BatchStream, gather, to_device
+from adbench.data.image_cache import as_float
 from adbench.detector import Detector, Prediction
 from adbench.errors import ConfigError
 from adbench.precision import full
@@ -183,9 +184,8 @@ class Autoencoder(Detector):
             phase = checkpoints.phase("train", modules={"model": self.model})
         else:
             images = self.context.training_images(train_loader)  # uint8 [N, 3, H, W], decoded once per job
-            steps_per_epoch = max(1, math.ceil(len(images) / c.batch_size))
             # quick caps steps so large training sets cost what small ones do
-            epochs = c.epochs if c.max_steps is None else max(1, min(c.epochs, c.max_steps // steps_per_epoch))
+            epochs = effective_epochs(c.epochs, c.max_steps, len(images), c.batch_size)
             optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
             self.model.train()
             phase = checkpoints.phase("train", modules={"model": self.model}, optimizers={"adam": optimizer})

@@ -121,7 +121,7 @@ from adbench.components.gde import GaussianDensity
 from adbench.components.synth import CutPasteSampler, color_jitter
 from adbench.config import MethodConfig
 from adbench.data import Batch
-from adbench.inputs import BatchStream, sample_rng, to_device
+from adbench.data.batch_stream import BatchStream, sample_rng, to_device
 from adbench.detector import Detector, Prediction
 from adbench.errors import ConfigError, DataError
 from adbench.precision import full
@@ -418,7 +418,7 @@ class CutPasteTrainer:
     def step_batch(self, data: torch.Tensor, phase_name: str, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The (images, class labels) of one training step: the step's images, augmented, and
         their CutPaste variants, all drawn from a generator seeded by (seed, phase, step) alone,
-        so the DataLoader workers that make it (``adbench.inputs``) never change a batch.
+        so the DataLoader workers that make it (``adbench.data`` input pipeline) never change a batch.
         Single-threaded: augmentations are many tiny ops (``torch_threads``)."""
         rng = sample_rng(self.seed, phase_name, 0, step)
         with torch_threads(1):

@@ -70,7 +70,7 @@ separates patches, and ``overlap``, which shows the border at full weight, score
 Score range: per-location Mahalanobis distances reach 2e7 on bottle at 256 px (cells whose
 training patches hardly vary). The runner's streamed pixel metrics used to lose resolution on
 such maps (equal-width bins over the raw range: 0.906 / 0.744 where the exact values are
-0.942 / 0.775); they now bin ``asinh(score)`` (``adbench.streaming_metrics``), and saved
+0.942 / 0.775); they now bin ``asinh(score)`` (``adbench.evaluation.streaming``), and saved
 predictions keep such maps as float32 (float16 overflowed to inf).
 
 No silent options (``CutPastePatchConfig.inert_options``; ``resolve_config`` makes a user-set

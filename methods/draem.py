@@ -88,10 +88,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from adbench.components.losses import focal_loss, ssim_loss
+from adbench.components.step_budget import effective_epochs
 from adbench.components.synth import TextureSource, numpy_rng, perlin_texture_anomaly
 from adbench.config import MethodConfig
 from adbench.data import Batch
-from adbench.inputs import BatchStream, as_float, per_sample, to_device
+from adbench.data.batch_stream import BatchStream, per_sample, to_device
+from adbench.data.image_cache import as_float
 from adbench.detector import Detector, Prediction
 from adbench.errors import ConfigError
 from adbench.precision import full
@@ -448,16 +450,6 @@ class DRAEMAnomalySampler:
         return tuple(torch.stack(parts) for parts in zip(*triples))  # type: ignore[return-value]
 
 
-def effective_epochs(epochs: int, max_steps: Optional[int], n_images: int, batch_size: int) -> int:
-    """Whole epochs to run: all of them, or as many as fit in ``max_steps`` optimiser steps
-    (at least one). Quick profiles cap steps so a large training set (magnetic_tile, 802
-    images) costs about what a small one does, while a tiny set still runs few steps."""
-    if max_steps is None:
-        return epochs
-    steps_per_epoch = max(1, math.ceil(n_images / batch_size))
-    return max(1, min(epochs, max_steps // steps_per_epoch))
-
-
 # --------------------------------------------------------------------------------------------
 # The detector
 # --------------------------------------------------------------------------------------------
@@ -510,7 +502,7 @@ class DRAEM(Detector):
         """Adam on L2 + SSIM + focal over synthetic anomalies, resumable (``adbench.training``).
 
         The training images are decoded once per job (``context.training_images``); each
-        epoch's anomalies are drawn in the job's DataLoader workers (``adbench.inputs``), image
+        epoch's anomalies are drawn in the job's DataLoader workers (``adbench.data`` input pipeline), image
         ``i`` of epoch ``e`` from a generator seeded by (job seed, e, i), so neither the number
         of workers nor a resume changes a batch."""
         c = self.config

@@ -216,20 +216,16 @@ class FastFlow(Detector):
         return zs, jacs
 
     def fit(self, train_loader: Iterable[Batch]) -> None:
+        """Maximum likelihood of z under N(0, I) (step 3). Only the layer norms and the flows
+        learn: the extractor stays frozen, which is what lets ``quick`` cache its features."""
         cfg = self.config
-        params = list(self.norms.parameters()) + list(self.flows.parameters())
-        optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.backbone.eval()
-        self.norms.train()
-        self.flows.train()
         self.loss_history = train_on_features(
-            self._features, train_loader, lambda feats: flow_nll(*self._flow(feats)),
-            context=self.context, modules={"norms": self.norms, "flows": self.flows},
-            optimizer=optimizer, epochs=cfg.epochs, cache=cfg.cache_features, batch_size=cfg.batch_size,
-            desc="fastflow", loss_format=".1f",
+            self.backbone, self._features, train_loader,
+            trainable={"norms": self.norms, "flows": self.flows},
+            loss_fn=lambda feats: flow_nll(*self._flow(feats)),
+            make_optimizer=lambda params: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+            context=self.context, config=cfg, desc="fastflow", loss_format=".1f",
         )
-        self.norms.eval()
-        self.flows.eval()
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:

@@ -3,12 +3,12 @@
 1. Locally aware patch features. A frozen ImageNet backbone (wide_resnet50_2, layers 2 and 3:
    strides 8 and 16) describes every position of the layer-2 grid by the 3x3 neighbourhood of
    each layer, layer 3 bilinearly upsampled to the layer-2 grid, each layer adaptively pooled
-   to 1024 dims and the two aggregated to 1024 dims (``components/patch_features.py``).
+   to 1024 dims and the two aggregated to 1024 dims (``_patchcore_features.py``).
 2. Memory bank. Every patch of every training image is a candidate; a 10 % coreset (1 % as an
    option) is chosen by approximate greedy k-center: random projection to 128 dims, start from
    the mean distance to 10 random points, running minimum-distance vector
    (``components/coreset.py``). Embeddings are streamed to a float16 memmap in the job's scratch
-   folder (``components/memory_bank.py``), so RAM does not grow with the number of images.
+   folder (``_patchcore_memory_bank.py``), so RAM does not grow with the number of images.
 3. Scoring. Each test patch's score is the Euclidean distance to its nearest bank entry (exact
    search: faiss on the CPU, torch or faiss-gpu on a GPU, ``components/knn.py``). The anomaly
    map is the patch-score grid upsampled bilinearly to the input size and smoothed with a
@@ -125,8 +125,8 @@ from tqdm import tqdm
 from adbench.components.blur import gaussian_blur
 from adbench.components.coreset import TwoLevelCoreset, approximate_greedy_coreset, coreset_size
 from adbench.components.knn import NearestNeighbours
-from adbench.components.memory_bank import EmbeddingStore
-from adbench.components.patch_features import AnomalibAggregator, PatchAggregator, resize
+from adbench.methods._patchcore_memory_bank import EmbeddingStore
+from adbench.methods._patchcore_features import AnomalibAggregator, PatchAggregator, resize
 from adbench.config import MethodConfig
 from adbench.data import Batch
 from adbench.detector import Detector, Prediction
@@ -180,10 +180,8 @@ class PatchCoreConfig(MethodConfig):
         else:
             out["pool_count_include_pad"] = "only aggregation=anomalib average-pools the feature maps"
             embedding_dim = embedding_dim or self.target_embed_dim
-        # ToCoAD (a subclass) also reads reweight_b for its per-patch rule
-        if not self.reweight and not getattr(self, "reweight_per_patch", False):
-            out["reweight_b"] = "reweight is off"
         if not self.reweight:
+            out["reweight_b"] = "reweight is off"
             out["reweight_rule"] = "reweight is off"
         sampler = ("coreset_proj_dim", "coreset_starts", "coreset_true_distance")
         two_level = ("coreset_chunk", "coreset_oversample")

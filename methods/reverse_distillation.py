@@ -318,20 +318,17 @@ class ReverseDistillation(Detector):
             return full(self.student(self.bottleneck(feats)))
 
     def fit(self, train_loader: Iterable[Batch]) -> None:
+        """OCBE and student learn to reproduce the teacher's maps (step 4's loss). The teacher stays
+        frozen in eval mode, the others train with batch-norm in training mode (official
+        ``bn.train(); decoder.train()``), which is what lets ``quick`` cache the teacher's maps."""
         cfg = self.config
-        params = list(self.bottleneck.parameters()) + list(self.student.parameters())
-        optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-        self.teacher.eval()
-        self.bottleneck.train()
-        self.student.train()
         self.loss_history = train_on_features(
-            self._teacher, train_loader, lambda feats: distillation_loss(feats, self._student(feats), cfg.loss),
-            context=self.context, modules={"bottleneck": self.bottleneck, "student": self.student},
-            optimizer=optimizer, epochs=cfg.epochs, cache=cfg.cache_features, batch_size=cfg.batch_size,
-            desc="reverse_distillation", loss_format=".4f",
+            self.teacher, self._teacher, train_loader,
+            trainable={"bottleneck": self.bottleneck, "student": self.student},
+            loss_fn=lambda feats: distillation_loss(feats, self._student(feats), cfg.loss),
+            make_optimizer=lambda params: torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2)),
+            context=self.context, config=cfg, desc="reverse_distillation", loss_format=".4f",
         )
-        self.bottleneck.eval()
-        self.student.eval()
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:

@@ -14,7 +14,7 @@ II. Negative-guided contrastive learning (NCL, Sec. 3.2): D frozen; F fine-tuned
     loss ``L_ncl = lambda * L_sym + (1 - lambda) * L_neg`` (eq. 6). L_sym is eq. 5 exactly:
     ``2 / (M (M-1)) sum_i sum_{j != i} L_cossim(f^i, f^j)``, which for the paper's M = 2 views
     is ``D(p1, SG(z2)) + D(p2, SG(z1))`` (twice SimSiam's own loss); with two layers the
-    per-layer L_sym are *averaged* (see ``components/tocoad_networks.py`` for why). L_neg =
+    per-layer L_sym are *averaged* (see ``_tocoad_networks.py`` for why). L_neg =
     focal loss (eq. 2) of the frozen D on new synthetic anomalies seen through the current F.
 III. Inference (Sec. 3.3) IS PatchCore on the fine-tuned F: this class subclasses
     ``methods.patchcore.PatchCore`` and only swaps its frozen backbone for F, so the layer-2+3
@@ -53,14 +53,14 @@ error naming quick's D settings (``profile quick: key dnp_epochs=2 has no effect
 Where each value comes from:
 * Paper Sec. 4.1: wide_resnet50_2 ImageNet (timm ``wide_resnet50_2.tv_in1k``, the torchvision
   weights the official code loads); D = "inverse WideResNet50" with 2 output channels
-  (``dnp_decoder=inverse``, ``components/inverse_resnet.py``: F's residual stages run backwards
+  (``dnp_decoder=inverse``, ``_tocoad_inverse_resnet.py``: F's residual stages run backwards
   with transposed-conv up-sampling, concatenation of F's maps and 1x1 compression, 25.8 M
   parameters for layers 1-3 with WRN50's 3, 4, 6 blocks); coreset 0.1; DNP Adam 1e-4 x0.2
   "from 80 epochs to 90 epochs" (read as milestones 80 and 90), 100 epochs; NCL SGD momentum
   0.9, weight decay 1e-4, cosine annealing, 100 epochs (150 on BTAD: ``--set
   ncl_epochs=150``); batch 16; resize 256, centre crop 224; layers 2+3 for the bank; lambda 0.5
   (Table 6); SimSiam on layers 3+4 without concatenation (Tables 4, 8); M = 2 views (Sec. 3.2).
-* SimSiam's view recipe (the paper: "the same approach as [40]"; ``components/simsiam_views``):
+* SimSiam's view recipe (the paper: "the same approach as [40]"; ``_tocoad_views``):
   random resized crop scale (0.2, 1), colour jitter 0.4/0.4/0.4/0.1 with p 0.8, grayscale p 0.2,
   Gaussian blur sigma (0.1, 2) with p 0.5 (kernel 10 % of the side: 23 px at 224), horizontal
   flip p 0.5; drawn from a generator seeded by the job seed.
@@ -118,7 +118,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from adbench.components.blur import gaussian_blur
-from adbench.components.tocoad_training import ToCoADTrainer, parse_ratio
+from adbench.methods._tocoad_training import ToCoADTrainer, parse_ratio
 from adbench.data import Batch
 from adbench.detector import Prediction
 from adbench.errors import ConfigError, DataError
@@ -172,13 +172,14 @@ class ToCoADConfig(PatchCoreConfig):
         check_config(self)
 
     def inert_options(self) -> dict[str, str]:
-        """PatchCore's rules for the memory bank, then ToCoAD's own (``inert_rules``)."""
+        """PatchCore's rules for the memory bank, then ToCoAD's own (``inert_rules``): its
+        per-patch rule (eq. 8-9) reads ``reweight_b`` whatever PatchCore's ``reweight`` says."""
         out = super().inert_options()
+        if self.reweight_per_patch:
+            out.pop("reweight_b", None)
         for name, inert, why in inert_rules(self):
             if inert:
                 out[name] = why
-            elif name in out and name.startswith("reweight"):
-                del out[name]  # ToCoAD's per-patch rule reads it
         return out
 
 

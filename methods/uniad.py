@@ -7,7 +7,7 @@ Method, in the paper's order:
    bilinearly (``align_corners=True``, as the official ``nn.UpsamplingBilinear2d`` neck) to the
    stride-16 grid of the deepest stage (14 x 14 at 224 x 224) and concatenated. The channel
    count comes from the backbone, so tf_efficientnet_lite0 (16 + 24 + 40 + 112 = 192) works too.
-2. **Reconstruction.** ``adbench.components.neighbor_transformer``: 1x1 projection to width
+2. **Reconstruction.** ``adbench.methods._uniad_neighbor_transformer``: 1x1 projection to width
    256, 4 encoder + 4 decoder layers, 8 heads, a learned query per decoder layer, 7 x 7
    neighbour-masked attention, learned positional embedding, feature jittering (scale 20,
    training only); projection back to the input width.
@@ -90,12 +90,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from adbench.components.blur import gaussian_blur
-from adbench.components.neighbor_transformer import ReconstructionTransformer
+from adbench.methods._uniad_neighbor_transformer import ReconstructionTransformer
 from adbench.config import MethodConfig
 from adbench.data import Batch
 from adbench.detector import Detector, Prediction
 from adbench.errors import ConfigError
-from adbench.inputs import ram_or_disk
+from adbench.data.arrays import ram_or_disk
 from adbench.precision import full
 from adbench.registry import register_method
 

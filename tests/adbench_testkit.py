@@ -18,6 +18,10 @@ hit failure paths at a deterministic point instead of guessing timings:
 * ``ADBENCH_KIT_FILL_DISK=<cat>:<file>``: fit writes ``<file>`` until its disk is full
 * ``ADBENCH_KIT_NAN_ON=<cat>``: predict returns NaN scores
 * ``ADBENCH_KIT_BADSHAPE_ON=<cat>``: predict returns maps of the wrong size
+
+Generated categories for the method tests live here too (``disk_category``, ``as_batches``,
+``stripe_image``, ``stripes_with_blobs``): plain functions, importable by any test module,
+so that tests of different methods that need the same kind of data build it one way.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ import torch
 from PIL import Image
 
 from adbench.config import MethodConfig
-from adbench.data import Sample
+from adbench.data import Batch, Sample
 from adbench.dataset import CategoryIndex, CategoryInfo, DatasetAdapter, list_images
 from adbench.detector import Detector, Prediction
 from adbench.registry import register_dataset, register_method
@@ -253,3 +257,76 @@ class KitTrained(KitMean):
 
     def record_extras(self):
         return {"trained_on": self.trained_on, "loss_history": self.loss_history}
+
+
+# ----------------------------------------------------------------------------- method test data
+def disk_category(normal, n_train: int, n_test: int, *, size: int, seed: int, radius: tuple[float, float],
+                  margin: int):
+    """Train images ``normal(g, size)``; test images alternate normal / anomalous, an anomaly
+    being a disk of random colour (radius ``radius[0] + radius[1] * U[0, 1)``, centre at least
+    ``margin`` px from the border). Every draw comes from one generator seeded with ``seed``.
+    Returns (train [N,3,S,S], test [M,3,S,S], labels [M], masks [M,S,S]).
+
+    Why shared: the autoencoder and DRAEM tests (and the training-resume tests through them)
+    generate their categories this way and differ only in the normal texture, the image size
+    and the disks' radius and margin."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    train = torch.stack([normal(g, size) for _ in range(n_train)])
+    test, labels, masks = [], [], []
+    for i in range(n_test):
+        img, mask = normal(g, size), torch.zeros(size, size, dtype=torch.bool)
+        if i % 2:
+            r = radius[0] + radius[1] * torch.rand(1, generator=g).item()
+            cy, cx = (margin + (size - 2 * margin) * torch.rand(2, generator=g)).tolist()
+            mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+            img = torch.where(mask[None], torch.rand(3, 1, 1, generator=g), img)
+        test.append(img), labels.append(i % 2), masks.append(mask)
+    return train, torch.stack(test), torch.tensor(labels), torch.stack(masks)
+
+
+def as_batches(images: torch.Tensor, batch_size: int = 8) -> list[Batch]:
+    """Normal-labelled batches of ``images`` (category ``stripes``): a training loader, or the
+    test images in one batch, for the autoencoder and DRAEM tests."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        part = images[i : i + batch_size]
+        out.append(Batch(images=part, labels=torch.zeros(len(part), dtype=torch.long), paths=[""] * len(part),
+                         categories=["stripes"] * len(part), defect_types=["good"] * len(part)))
+    return out
+
+
+def stripe_image(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Normal image of the CutPaste tests: sinusoidal stripes of random orientation, phase and
+    colour, float32 [3, S, S]."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    angle, freq = rng.uniform(0, np.pi), rng.uniform(3, 5)
+    v = 0.5 + 0.4 * np.sin(2 * np.pi * freq * (np.cos(angle) * xx + np.sin(angle) * yy) + rng.uniform(0, 2 * np.pi))
+    colour = rng.uniform(0.4, 1.0, 3)
+    return np.stack([v * c for c in colour]).astype(np.float32)
+
+
+def _blob(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Anomaly: a dark or bright blob pasted on ``img``; returns (image, mask)."""
+    size = img.shape[-1]
+    yy, xx = np.mgrid[0:size, 0:size]
+    cy, cx = rng.uniform(0.25, 0.75, 2) * size
+    r = rng.uniform(0.08, 0.15) * size
+    mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+    out = img.copy()
+    out[:, mask] = rng.choice([0.02, 0.98])
+    return out, mask
+
+
+def stripes_with_blobs(rng: np.random.Generator, n_train: int, n_test: int, size: int = 64):
+    """``n_train`` striped images, then ``n_test`` test images of which every odd one has a blob,
+    all drawn from ``rng`` in that order; returns (train, test, labels, masks) as lists. Why
+    shared: the CutPaste image- and patch-level tests detect on this same category."""
+    train = [stripe_image(rng, size) for _ in range(n_train)]
+    test, labels, masks = [], [], []
+    for i in range(n_test):
+        img, mask = stripe_image(rng, size), np.zeros((size, size), bool)
+        if i % 2:
+            img, mask = _blob(img, rng)
+        test.append(img), labels.append(i % 2), masks.append(mask)
+    return train, test, labels, masks

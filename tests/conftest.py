@@ -47,3 +47,38 @@ def _deterministic_threads():
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     yield
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test, the previous setting restored afterwards: on the shared
+    CPU two OpenMP threads spin-wait on each other and a training step of a small network costs
+    5-10x the CPU time of a single-threaded one (``pytest.mark.usefixtures``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def fit_and_score():
+    """Train a detector on the striped category of ``striped_category.make_category`` and score
+    its test images; prints the image AUROC and the first and last epoch's loss. Why shared: the
+    FastFlow and Reverse Distillation tests check their trained methods the same way. Returns
+    (prediction, image AUROC)."""
+
+    def run(det, batches, test, labels, name: str, loss_format: str):
+        from sklearn.metrics import roc_auc_score
+        from striped_category import as_batch
+
+        det.fit(batches)
+        pred = det.predict(as_batch(test))
+        scores, _ = pred.numpy()
+        auroc = roc_auc_score(labels, scores)
+        first, last = det.loss_history[0], det.loss_history[-1]
+        print(f"{name} generated-category image AUROC {auroc:.3f}, loss {first:{loss_format}} -> {last:{loss_format}}")
+        return pred, auroc
+
+    return run

@@ -16,7 +16,7 @@ import torch
 from adbench.training import Checkpointing
 from adbench.training.checkpoints import CheckpointFile
 from adbench.training.session import Phase
-from adbench.worker import seed_everything
+from adbench.run.worker import seed_everything
 
 
 class SimulatedKill(BaseException):

@@ -8,52 +8,25 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from adbench.config import resolve_config
-from adbench.data import Batch
 from adbench.detector import RunContext
 from adbench.registry import METHODS
 
+from adbench_testkit import as_batches, disk_category
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on the shared CPU two OpenMP threads spin-wait on each other and a
-    training step costs 5-10x the CPU time of a single-threaded one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _smooth_noise(g: torch.Generator, size: int) -> torch.Tensor:
+    field = F.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=(size, size), mode="bicubic", align_corners=True)[0]
+    return (field + 0.08 * torch.randn(3, size, size, generator=g)).clamp(0, 1)
 
 
 def noisy_smooth_category(n_train: int, n_test: int, size: int = 32, seed: int = 0):
     """Normal: a smooth random colour field (bicubic 4x4 -> size) plus pixel noise (sigma 0.08):
     reconstructing it well needs fine detail, which is what tempts a full-skip U-Net into
     copying its input. Anomalous test images: a disk of random colour, radius 2.5-5 px."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
-
-    def normal():
-        field = F.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=(size, size), mode="bicubic", align_corners=True)[0]
-        return (field + 0.08 * torch.randn(3, size, size, generator=g)).clamp(0, 1)
-
-    train = torch.stack([normal() for _ in range(n_train)])
-    test, labels, masks = [], [], []
-    for i in range(n_test):
-        img, mask = normal(), torch.zeros(size, size, dtype=torch.bool)
-        if i % 2:
-            r = 2.5 + 2.5 * torch.rand(1, generator=g).item()
-            cy, cx = (6 + (size - 12) * torch.rand(2, generator=g)).tolist()
-            mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-            img = torch.where(mask[None], torch.rand(3, 1, 1, generator=g), img)
-        test.append(img), labels.append(i % 2), masks.append(mask)
-    return train, torch.stack(test), torch.tensor(labels), torch.stack(masks)
-
-
-def as_batches(images: torch.Tensor, batch_size: int = 8) -> list[Batch]:
-    out = []
-    for i in range(0, len(images), batch_size):
-        part = images[i : i + batch_size]
-        out.append(Batch(images=part, labels=torch.zeros(len(part), dtype=torch.long), paths=[""] * len(part),
-                         categories=["stripes"] * len(part), defect_types=["good"] * len(part)))
-    return out
+    return disk_category(_smooth_noise, n_train, n_test, size=size, seed=seed, radius=(2.5, 2.5), margin=6)
 
 
 def make(profile: str = "quick", **overrides):

@@ -24,7 +24,7 @@ synthetic = pytest.importorskip("adbench.datasets.synthetic")
 
 def roc_auc(scores, labels) -> float:
     try:
-        from adbench.metrics import image_auroc
+        from adbench.evaluation.metrics import image_auroc
     except ImportError:  # metrics written in parallel; sklearn computes the same number
         from sklearn.metrics import roc_auc_score as image_auroc
     return float(image_auroc(np.asarray(scores), np.asarray(labels)))

@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
-from adbench.bootstrap import image_auroc_ci, paired_image_auroc, pixel_auroc_ci
+from adbench.reporting.bootstrap import image_auroc_ci, paired_image_auroc, pixel_auroc_ci
 
 
 def sample(rng, n_pos, n_neg, d):

@@ -15,7 +15,7 @@ from adbench.components.coreset import (
     two_level_coreset,
 )
 from adbench.components.knn import NearestNeighbours
-from adbench.components.memory_bank import EmbeddingStore
+from adbench.methods._patchcore_memory_bank import EmbeddingStore
 
 
 def clustered(n=6000, d=64, clusters=60, seed=0):

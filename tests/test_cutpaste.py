@@ -11,29 +11,10 @@ from adbench.dataset import CategoryInfo
 from adbench.detector import RunContext
 from adbench.registry import METHODS
 
+from adbench_testkit import stripe_image, stripes_with_blobs
+
 CutPaste = METHODS.get("cutpaste")
 CutPastePatch = METHODS.get("cutpaste_patch")
-
-
-def _stripes(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Normal image: sinusoidal stripes of random orientation, phase and colour."""
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    angle, freq = rng.uniform(0, np.pi), rng.uniform(3, 5)
-    v = 0.5 + 0.4 * np.sin(2 * np.pi * freq * (np.cos(angle) * xx + np.sin(angle) * yy) + rng.uniform(0, 2 * np.pi))
-    colour = rng.uniform(0.4, 1.0, 3)
-    return np.stack([v * c for c in colour]).astype(np.float32)
-
-
-def _defect(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Anomaly: a dark or bright blob."""
-    size = img.shape[-1]
-    yy, xx = np.mgrid[0:size, 0:size]
-    cy, cx = rng.uniform(0.25, 0.75, 2) * size
-    r = rng.uniform(0.08, 0.15) * size
-    mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
-    out = img.copy()
-    out[:, mask] = rng.choice([0.02, 0.98])
-    return out, mask
 
 
 def _batches(images, labels=None, masks=None, category="toy", bs=8):
@@ -119,14 +100,7 @@ def test_image_level_detects_generated_defects_without_maps(shared_weights):
     learns the 3-way task is what test_three_way_training_learns_the_classes checks.
     """
     rng = np.random.default_rng(1)
-    train = [_stripes(rng, 64) for _ in range(30)]
-    test, labels = [], []
-    for i in range(24):
-        img = _stripes(rng, 64)
-        if i % 2:
-            img, _ = _defect(img, rng)
-        test.append(img)
-        labels.append(i % 2)
+    train, test, labels, _ = stripes_with_blobs(rng, 30, 24)
     torch.manual_seed(0)
     cfg = resolve_config(
         CutPaste.Config, CutPaste.PROFILES, "quick",
@@ -145,11 +119,11 @@ def test_image_level_detects_generated_defects_without_maps(shared_weights):
 
 def test_patch_grid_cell_is_the_embedding_of_that_crop():
     rng = np.random.default_rng(2)
-    train = [_stripes(rng, 64) for _ in range(6)]
+    train = [stripe_image(rng, 64) for _ in range(6)]
     det = _make(CutPastePatch, image_size=64, test_stride=4, epochs=1, steps_per_epoch=2, batch_size=12,
                 patch_batch_size=37)
     det.fit(_batches(train))
-    image = torch.from_numpy(np.stack([_stripes(rng, 64), _stripes(rng, 64)]))
+    image = torch.from_numpy(np.stack([stripe_image(rng, 64), stripe_image(rng, 64)]))
     grid = det.embed_grid(image)
     assert grid.shape[:3] == (2, 9, 9)  # (64 - 32) / 4 + 1
     net = det.trainer.net.eval()
@@ -167,7 +141,7 @@ def test_auto_gde_mode_follows_the_adapters_declaration(declared, mode):
     """Under the harness the adapter's CategoryInfo (RunContext.categories) decides, not the
     fallback list of MVTec names."""
     rng = np.random.default_rng(4)
-    train = [_stripes(rng, 64) for _ in range(6)]
+    train = [stripe_image(rng, 64) for _ in range(6)]
     (category,) = declared
     torch.manual_seed(0)
     cfg = resolve_config(CutPastePatch.Config, CutPastePatch.PROFILES, "quick",

@@ -13,6 +13,8 @@ from adbench.detector import RunContext
 from adbench.errors import ConfigError
 from adbench.registry import METHODS
 
+from adbench_testkit import stripes_with_blobs
+
 CutPastePatch = METHODS.get("cutpaste_patch")
 from adbench.methods.cutpaste_patch import gaussian_kernel, upsample_scores  # noqa: E402  (after the registry load)
 
@@ -179,37 +181,13 @@ def test_map_max_image_score_option():
     torch.testing.assert_close(torch.as_tensor(pred.scores), torch.as_tensor(pred.maps).flatten(1).amax(1))
 
 
-def _stripes(rng: np.random.Generator, size: int) -> np.ndarray:
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    angle, freq = rng.uniform(0, np.pi), rng.uniform(3, 5)
-    v = 0.5 + 0.4 * np.sin(2 * np.pi * freq * (np.cos(angle) * xx + np.sin(angle) * yy) + rng.uniform(0, 2 * np.pi))
-    return np.stack([v * c for c in rng.uniform(0.4, 1.0, 3)]).astype(np.float32)
-
-
-def _blob(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    size = img.shape[-1]
-    yy, xx = np.mgrid[0:size, 0:size]
-    cy, cx = rng.uniform(0.25, 0.75, 2) * size
-    r = rng.uniform(0.08, 0.15) * size
-    mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
-    out = img.copy()
-    out[:, mask] = rng.choice([0.02, 0.98])
-    return out, mask
-
-
 @pytest.mark.parametrize("category,mode", [("bottle", "per_location"), ("carpet", "shared")])
 def test_patch_level_localises_and_picks_gde_mode(category, mode):
     """(Replaces the pre-issue-13 version in test_cutpaste.py, which asserted score = map max.)"""
     from sklearn.metrics import roc_auc_score
 
     rng = np.random.default_rng(3)
-    train = [_stripes(rng, 64) for _ in range(12)]
-    test, labels, masks = [], [], []
-    for i in range(8):
-        img, mask = _stripes(rng, 64), np.zeros((64, 64), bool)
-        if i % 2:
-            img, mask = _blob(img, rng)
-        test.append(img), labels.append(i % 2), masks.append(mask)
+    train, test, labels, masks = stripes_with_blobs(rng, 12, 8)
     det = _detector(head_dims=(64, 64), test_stride=8, steps_per_epoch=5, batch_size=24)
     det.fit([_batch(train[:8], category), _batch(train[8:], category)])
     assert det.gde_mode_used == mode and det.record_extras()["gde_mode_used"] == mode

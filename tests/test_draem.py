@@ -7,54 +7,28 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from adbench.config import resolve_config
-from adbench.data import Batch
 from adbench.detector import RunContext
 from adbench.errors import DataError
 from adbench.registry import METHODS
 
+from adbench_testkit import as_batches, disk_category  # test_training_resume imports as_batches from here
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on the shared CPU two OpenMP threads spin-wait on each other and a
-    training step costs 5-10x the CPU time of a single-threaded one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _stripes(g: torch.Generator, size: int) -> torch.Tensor:
+    yy, _ = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    phase = torch.rand(1, generator=g).item() * 6.28
+    base = 0.5 + 0.3 * torch.sin(yy / 3.0 + phase)
+    img = torch.stack([base, 0.8 * base, 0.6 * base + 0.2])
+    return (img + 0.02 * torch.randn(3, size, size, generator=g)).clamp(0, 1)
 
 
 def stripes_category(n_train: int, n_test: int, size: int = 64, seed: int = 0):
     """Normal: horizontal stripes with a random phase plus a little noise. Anomalous test
     images: a disk of random colour (radius 4-8 px) pasted at a random place."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
-
-    def normal():
-        phase = torch.rand(1, generator=g).item() * 6.28
-        base = 0.5 + 0.3 * torch.sin(yy / 3.0 + phase)
-        img = torch.stack([base, 0.8 * base, 0.6 * base + 0.2])
-        return (img + 0.02 * torch.randn(3, size, size, generator=g)).clamp(0, 1)
-
-    train = torch.stack([normal() for _ in range(n_train)])
-    test, labels, masks = [], [], []
-    for i in range(n_test):
-        img, mask = normal(), torch.zeros(size, size, dtype=torch.bool)
-        if i % 2:
-            r = 4 + 4 * torch.rand(1, generator=g).item()
-            cy, cx = (8 + (size - 16) * torch.rand(2, generator=g)).tolist()
-            mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-            img = torch.where(mask[None], torch.rand(3, 1, 1, generator=g), img)
-        test.append(img), labels.append(i % 2), masks.append(mask)
-    return train, torch.stack(test), torch.tensor(labels), torch.stack(masks)
-
-
-def as_batches(images: torch.Tensor, batch_size: int = 8) -> list[Batch]:
-    return [
-        Batch(images=images[i : i + batch_size], labels=torch.zeros(len(images[i : i + batch_size]), dtype=torch.long),
-              paths=[""] * len(images[i : i + batch_size]), categories=["stripes"] * len(images[i : i + batch_size]),
-              defect_types=["good"] * len(images[i : i + batch_size]))
-        for i in range(0, len(images), batch_size)
-    ]
+    return disk_category(_stripes, n_train, n_test, size=size, seed=seed, radius=(4, 4), margin=8)
 
 
 def make(profile: str = "quick", **overrides):

@@ -1,5 +1,5 @@
 """Where jobs go on a multi-GPU machine, checked without a GPU: the GPU list is faked at
-``adbench.gpus.visible_gpus`` (what nvidia-smi would print), and the executor's child start is
+``adbench.run.gpus.visible_gpus`` (what nvidia-smi would print), and the executor's child start is
 captured instead of run. What runs on a real GPU is benchmarks/gpu_check.sh's part."""
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import os
 
 import pytest
 
-from adbench import gpus as gpus_module
+from adbench.run import gpus as gpus_module
 from adbench.errors import ConfigError
-from adbench.executors import LocalExecutor
-from adbench.gpus import GPU
+from adbench.run.executors import LocalExecutor
+from adbench.run.gpus import GPU
 from adbench.jobs import Job
-from adbench.runner import RunOptions, _check_device, local_resources
+from adbench.run.executors import local_resources
+from adbench.run.runner import RunOptions, check_device
 
 FOUR = (GPU(0, "GPU-aaa", "H200"), GPU(1, "GPU-bbb", "H200"), GPU(2, "GPU-ccc", "H200"), GPU(3, "GPU-ddd", "H200"))
 
@@ -39,12 +40,12 @@ def test_cuda_n_counts_within_cuda_visible_devices(monkeypatch):
     """``--device cuda:1`` with CUDA_VISIBLE_DEVICES=2,3 is physical GPU 3, as in torch."""
     monkeypatch.setattr(gpus_module, "visible_gpus", lambda: FOUR[2:])
     assert local_resources(RunOptions(device="cuda:1"))[:2] == (1, [3])
-    _check_device("cuda:1")
+    check_device("cuda:1")
     with pytest.raises(ConfigError, match=r"--device cuda:2: no such GPU here \(2 visible: cuda:0 to cuda:1\)"):
-        _check_device("cuda:2")
+        check_device("cuda:2")
     monkeypatch.setattr(gpus_module, "visible_gpus", lambda: ())
     with pytest.raises(ConfigError, match="--device cuda: no CUDA GPU is visible on this machine"):
-        _check_device("cuda")
+        check_device("cuda")
 
 
 def test_each_slot_pins_its_own_gpu_and_threads():

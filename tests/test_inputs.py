@@ -1,4 +1,4 @@
-"""The input pipeline (issue 16, ``adbench.inputs``): every training image is decoded once per
+"""The input pipeline (issue 16, ``adbench.data`` input pipeline): every training image is decoded once per
 job, batches come out the same whatever the number of workers, caches spill to the work folder,
 and UniAD's features spill to a float16 file."""
 from __future__ import annotations
@@ -8,11 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-import adbench.data as data_module
+import adbench.data.loaders as data_module  # where SampleDataset decodes (load_rgb)
 from adbench.config import resolve_config
 from adbench.data import Preprocess, Sample, make_loader
 from adbench.detector import RunContext
-from adbench.inputs import BatchStream, InputSettings, decode_training_images, gather, per_sample, ram_or_disk
+from adbench.data.batch_stream import BatchStream, gather, per_sample
+from adbench.data.input_settings import InputSettings
+from adbench.data.image_cache import decode_training_images
+from adbench.data.arrays import ram_or_disk
 from adbench.registry import METHODS
 from adbench.training import Checkpointing
 from striped_category import one_thread  # noqa: F401 (autouse: these tests run single-threaded)
@@ -170,7 +173,7 @@ def test_cutpaste_steps_are_identical_with_zero_and_two_workers():
 def test_tocoad_stage_batches_are_identical_with_zero_and_two_workers():
     """ToCoAD's G (rotation, anomaly, the other image it borrows) runs in the workers, seeded per
     (seed, stage, epoch, image): 0 and 2 workers give the same stage-II batches."""
-    from adbench.components.tocoad_training import ToCoADTrainer
+    from adbench.methods._tocoad_training import ToCoADTrainer
     from test_tocoad import small_config
 
     images = (torch.rand(10, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 255).to(torch.uint8)

@@ -60,7 +60,7 @@ def test_records_say_where_the_search_ran(tmp_path):
     import json
 
     import adbench_testkit
-    from adbench.runner import RunOptions, run
+    from adbench.run.runner import RunOptions, run
 
     root = adbench_testkit.make_kit_data(tmp_path / "data", categories=("obj_b",))
     common = dict(dataset="kitgen", data_root=str(root), results=str(tmp_path / "r"), plugins=["adbench_testkit"],

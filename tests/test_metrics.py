@@ -9,8 +9,9 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from adbench import metrics as M
-from adbench.metrics import MetricsResult, StreamingEvaluator
+from adbench.evaluation import curves
+from adbench.evaluation import metrics as M
+from adbench.evaluation.streaming import MetricsResult, StreamingEvaluator
 
 TOL = 1e-3
 
@@ -72,7 +73,7 @@ def brute_force_aupro(maps, masks, fpr_limit):
     for t in np.unique(maps)[::-1]:
         fpr.append(np.mean(normal >= t))
         pro.append(np.mean([np.mean(r >= t) for r in regions]))
-    return M._pro_area(np.array(fpr), np.array(pro), fpr_limit)
+    return curves.pro_area(np.array(fpr), np.array(pro), fpr_limit)
 
 
 # ----------------------------------------------------------------------------- exact, by hand
@@ -149,9 +150,9 @@ def test_shared_group_helpers_equal_sklearn_on_distinct_values():
     values, inverse = np.unique(s, return_inverse=True)
     pos = np.bincount(inverse, weights=y, minlength=values.size)[::-1]
     neg = np.bincount(inverse, weights=~y, minlength=values.size)[::-1]
-    assert M._roc_auc_from_groups(pos, neg) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
-    assert M._ap_from_groups(pos, neg) == pytest.approx(average_precision_score(y, s), abs=1e-12)
-    assert M._f1_max_from_groups(pos, neg) == pytest.approx(M.f1_max(s, y), abs=1e-12)
+    assert curves.roc_auc_from_groups(pos, neg) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert curves.ap_from_groups(pos, neg) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    assert curves.f1_max_from_groups(pos, neg) == pytest.approx(M.f1_max(s, y), abs=1e-12)
 
 
 # ----------------------------------------------------------------------------- constant / undefined

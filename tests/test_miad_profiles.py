@@ -118,7 +118,7 @@ def test_method_all_with_profile_miad_runs_the_six_and_notes_the_others(tmp_path
     others skipped with one note each (a method named explicitly without the profile is an error)."""
     import adbench_testkit
     from adbench.errors import ConfigError
-    from adbench.runner import RunOptions, plan_run
+    from adbench.run.runner import RunOptions, plan_run
 
     data = adbench_testkit.make_kit_data(tmp_path / "data", categories=("obj_b",))
     opts = RunOptions(method="all", dataset="kitgen", data_root=str(data), profile="miad", weights="random",

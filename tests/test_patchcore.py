@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from adbench.components.patch_features import PatchAggregator, official_reference
+from adbench.methods._patchcore_features import PatchAggregator, official_reference
 from adbench.config import resolve_config
 from adbench.data import Batch, make_loader
 from adbench.detector import RunContext
@@ -144,7 +144,7 @@ def test_miad_profile_follows_the_appendix_and_anomalib_037():
 
 
 def test_aggregation_switches_change_only_what_they_should():
-    from adbench.components.patch_features import AnomalibAggregator
+    from adbench.methods._patchcore_features import AnomalibAggregator
 
     gen = torch.Generator().manual_seed(1)
     maps = [torch.randn(2, 6, 8, 8, generator=gen), torch.randn(2, 10, 4, 4, generator=gen)]

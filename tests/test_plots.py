@@ -6,9 +6,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from adbench import predictions
+from adbench.results import predictions
 from adbench.cli import main
-from adbench.store import write_json_atomic
+from adbench.results.store import write_json_atomic
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_plot_renders(store, tmp_path, args):
 def test_gallery_picks_worst_scored():
     arrays = {"scores": np.array([0.1, 0.9, 0.2, 0.8]), "labels": np.array([1, 0, 1, 0]),
               "paths": np.array(["a", "b", "c", "d"])}
-    from adbench.plots import pick_samples
+    from adbench.reporting.plots import pick_samples
 
     assert pick_samples(arrays, 3) == [0, 1, 2]  # weakest anomalous, strongest normal, ...
     assert pick_samples(arrays, 1, paths=["d"]) == [3]

@@ -91,7 +91,7 @@ def test_run_records_precision_and_fp32_only_methods_say_so(tmp_path):
     with a note, and its record says fp32."""
     import json
 
-    from adbench.runner import RunOptions, run
+    from adbench.run.runner import RunOptions, run
 
     root = adbench_testkit.make_kit_data(tmp_path / "data", categories=("obj_b",))
     common = dict(dataset="kitgen", data_root=str(root), results=str(tmp_path / "r"), plugins=["adbench_testkit"],

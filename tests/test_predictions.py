@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 import adbench_testkit
-from adbench import predictions
+from adbench.results import predictions
 from adbench.cli import main
-from adbench.runner import RunOptions, run
-from adbench.store import Store
+from adbench.run.runner import RunOptions, run
+from adbench.results.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_evaluate_cli(saved, tmp_path):
 def test_map_maxima_survive_float16_maps():
     """Saturated maps (maxima 0.9995x) collapse to one float16 value; the saved full-precision
     maxima keep the map-max ranking, so a recompute matches the live evaluation."""
-    from adbench.metrics import StreamingEvaluator
+    from adbench.evaluation.streaming import StreamingEvaluator
 
     maxima = np.array([0.99950, 0.99951, 0.99953, 0.99954], dtype=np.float32)
     labels = np.array([0, 0, 1, 1])
@@ -96,7 +96,7 @@ def test_map_maxima_survive_float16_maps():
 
 def test_maps_beyond_float16_range_are_saved_as_float32():
     """float16 overflows to inf above 65504: such a category's maps are kept as float32."""
-    from adbench.predictions import Collector
+    from adbench.results.predictions import Collector
 
     c = Collector()
     small = np.random.default_rng(0).random((2, 8, 8)).astype(np.float32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from adbench import reference as ref
+from adbench.reporting import reference as ref
 from adbench.registry import DATASETS
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
 
 from adbench.config import resolve_config
 from adbench.detector import RunContext
@@ -78,17 +77,13 @@ def test_fit_is_deterministic_and_the_loss_falls():
     assert torch.equal(runs[0][1], runs[1][1])
 
 
-def test_separates_a_generated_category_with_pretrained_features(shared_weights):
+def test_separates_a_generated_category_with_pretrained_features(shared_weights, fit_and_score):
     batches, test, labels = make_category()
     det = _make({"epochs": 6})
     assert det.weights_info().tag == "tf_efficientnet_lite0.in1k"
-    det.fit(batches)
+    pred, auroc = fit_and_score(det, batches, test, labels, "RD", ".3f")
     assert det.loss_history[-1] < det.loss_history[0]
-    pred = det.predict(_batch(test))
     assert pred.maps.shape == (len(test), SIZE, SIZE)
-    scores, maps = pred.numpy()
-    auroc = roc_auc_score(labels, scores)
-    print(f"RD generated-category image AUROC {auroc:.3f}, loss {det.loss_history[0]:.3f} -> {det.loss_history[-1]:.3f}")
     assert auroc >= 0.8, auroc
 
 

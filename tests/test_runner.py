@@ -1,6 +1,6 @@
 """Runner: job grid, records, resume, failure isolation, unified protocol, seeds, Ray.
 
-Runs in-process (``adbench.runner.run``) with the tiny methods of ``adbench_testkit`` on images
+Runs in-process (``adbench.run.runner.run``) with the tiny methods of ``adbench_testkit`` on images
 generated into tmp_path; each job still runs in its own child process, as in real runs.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 import adbench_testkit
 from adbench.errors import ConfigError
-from adbench.runner import RunOptions, plan_run, run
+from adbench.run.runner import RunOptions, plan_run, run
 
 TRIGGERS = ("ADBENCH_KIT_KILL_ON", "ADBENCH_KIT_DIE_ON", "ADBENCH_KIT_FAIL_ON", "ADBENCH_KIT_NAN_ON",
             "ADBENCH_KIT_BADSHAPE_ON", "ADBENCH_KIT_INT_ON")
@@ -178,13 +178,13 @@ def test_ray_executor(kit, tmp_path, monkeypatch):
         assert a["metrics"] == pytest.approx(b["metrics"]) and a["record_name"] == b["record_name"]
         assert a["torch_threads"] == 1
     # nothing left to run: Ray is not even started
-    import adbench.ray_executor
+    import adbench.run.ray_executor
 
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray started with nothing to run")
 
     with monkeypatch.context() as patched:
-        patched.setattr(adbench.ray_executor.RayExecutor, "__init__", no_ray)
+        patched.setattr(adbench.run.ray_executor.RayExecutor, "__init__", no_ray)
         again = run(_opts(kit, results, executor="ray", category="obj_b", cpus_per_job=1))
     assert again.exit_code == 0 and len(again.plan.skipped_done) == 1
     # a worker dies after step 4 of 9 (after a checkpoint): Ray retries the task, which resumes

@@ -6,7 +6,7 @@ import io
 import pandas as pd
 import pytest
 
-from adbench.tables import build_tables, long_frame, render, render_long
+from adbench.reporting.tables import build_tables, long_frame, render, render_long
 
 
 def rec(method, category, value, *, kind="object", seed=0, protocol="single", profile="quick",

@@ -21,7 +21,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from adbench.components.backbone import Backbone
-from adbench.components.tocoad_training import ToCoADTrainer
+from adbench.methods._tocoad_training import ToCoADTrainer
 from adbench.config import resolve_config
 from adbench.data import Batch
 from adbench.detector import RunContext
@@ -243,8 +243,8 @@ def test_inverse_discriminator_shape_and_parameters():
     """D = inverse WideResNet50 (Sec. 4.1) from F's channels and strides: 2 logits at input size;
     25,844,354 parameters for WRN50 layers 1-3 (the number the docstrings state); the light
     decoder keeps its 1.1 M. Works for any strides (resnet18 maps at a size no stride divides)."""
-    from adbench.components.inverse_resnet import InverseResNet
-    from adbench.components.tocoad_networks import build_discriminator
+    from adbench.methods._tocoad_inverse_resnet import InverseResNet
+    from adbench.methods._tocoad_networks import build_discriminator
 
     def count(m):
         return sum(p.numel() for p in m.parameters())
@@ -264,7 +264,7 @@ def test_L_sym_is_equation_5_averaged_over_layers():
     """Eq. 5 as written (2 / (M (M-1)) sum_i sum_{j!=i} L_cossim, eq. 4's 1/2 factors), per head,
     then the mean over the two layer heads; M = 2 gives D(p1, SG z2) + D(p2, SG z1); the
     stop-gradient keeps the projector branch out of the gradient."""
-    from adbench.components.tocoad_networks import SiameseHeads, negative_cosine
+    from adbench.methods._tocoad_networks import SiameseHeads, negative_cosine
 
     torch.manual_seed(0)
     heads = SiameseHeads([8, 16], dim=16).eval()
@@ -303,7 +303,7 @@ def test_simsiam_views_rates_seeding_and_operations():
     only; each operation equals torchvision's on the output."""
     import torchvision.transforms.functional as TF
 
-    from adbench.components.simsiam_views import SimSiamViews, ViewParams, blur_kernel_size
+    from adbench.methods._tocoad_views import SimSiamViews, ViewParams, blur_kernel_size
 
     aug = SimSiamViews((SIZE, SIZE))
     params = aug.sample(3000, SIZE, SIZE, torch.Generator().manual_seed(0))
@@ -349,7 +349,7 @@ def test_simsiam_views_rates_seeding_and_operations():
 def test_cutout_generator_erases_a_box():
     """generator=cutout (seed 000): the mask is one axis-aligned box, filled grey; every pixel
     outside it is the input's; the trainer builds it from the config."""
-    from adbench.components.tocoad_training import AnomalyGenerator
+    from adbench.methods._tocoad_training import AnomalyGenerator
 
     g = AnomalyGenerator("cutout", rotate_degrees=0.0, rotate90=False)
     x = normal_images(6, seed=15)

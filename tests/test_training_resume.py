@@ -11,9 +11,9 @@ import torch
 
 from adbench.config import resolve_config
 from adbench.detector import RunContext
-from adbench.inputs import InputSettings
+from adbench.data.input_settings import InputSettings
 from adbench.registry import METHODS
-from adbench.worker import seed_everything
+from adbench.run.worker import seed_everything
 from resume_kit import train_three_ways
 from test_draem import as_batches, stripes_category
 
@@ -25,7 +25,7 @@ def _same_predictions(a, b, test_images):
         assert torch.equal(torch.as_tensor(pa.maps), torch.as_tensor(pb.maps))
 
 
-@pytest.mark.parametrize("workers", [0, 2])  # anomalies drawn in DataLoader workers (adbench.inputs)
+@pytest.mark.parametrize("workers", [0, 2])  # anomalies drawn in DataLoader workers (adbench.data input pipeline)
 def test_draem_resumed_mid_epoch_equals_uninterrupted(tmp_path, monkeypatch, workers):
     torch.set_num_threads(1)
     train, test, _, _ = stripes_category(n_train=6, n_test=4, size=32)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from adbench.components.neighbor_transformer import (
+from adbench.methods._uniad_neighbor_transformer import (
     ReconstructionTransformer,
     add_feature_jitter,
     neighbour_mask,
@@ -186,7 +186,7 @@ def test_training_is_deterministic_for_a_seed(tmp_path):
 
 def test_unified_protocol_trains_one_model_and_reports_each_category(tmp_path, shared_weights):
     """Through the real runner: one job, one fit over both categories, one record per category."""
-    from adbench.runner import RunOptions, run
+    from adbench.run.runner import RunOptions, run
 
     for seed, category in enumerate(("stripes", "diagonal")):
         make_category(tmp_path / "data", category, seed=seed, size=96, n_train=10, n_good=8, n_bad=8)

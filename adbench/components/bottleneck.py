@@ -6,7 +6,7 @@ decoders run ResNet stages backwards, so the block also comes in an up-sampling 
 decoder block of Reverse Distillation's official code (seed: Deng & Li, CVPR 2022): the 3x3
 becomes an ``up x up`` transposed conv of stride ``up`` and the shortcut up-samples the same
 way. Users: Reverse Distillation's student and OCBE (``methods/reverse_distillation.py``) and
-ToCoAD's inverse-ResNet discriminator (``adbench/components/inverse_resnet.py``).
+ToCoAD's inverse-ResNet discriminator (``methods/_tocoad_inverse_resnet.py``).
 
 The submodule names (conv1..bn3, shortcut) and their creation order are part of every saved
 checkpoint and of the seeded initialisation: keep them.

@@ -100,7 +100,7 @@ def _random_starts(n: int, num_starts: int, gen: torch.Generator) -> torch.Tenso
     return torch.randperm(n, generator=gen)[: max(1, min(num_starts, n))]
 
 
-def _start_distances(z: torch.Tensor, num_starts: int, gen: torch.Generator) -> torch.Tensor:
+def start_distances(z: torch.Tensor, num_starts: int, gen: torch.Generator) -> torch.Tensor:
     """Official PatchCore start: mean Euclidean distance to ``num_starts`` random points."""
     return _mean_distance(z, z[_random_starts(z.shape[0], num_starts, gen).to(z.device)])
 
@@ -172,61 +172,76 @@ def _greedy_loop(z, k, start, block_size, max_pending, true_features=None, true_
     a row only to the nearest of them, so true-distance picks can differ from applying centres
     one at a time (``max_pending=1`` reproduces that loop; a test checks it).
     """
-    n, d = z.shape
-    guided = true_features is not None
-    sq = (z * z).sum(dim=1)  # squared distances throughout: min / arg-max are unchanged
-    if start is None:
-        proj = torch.full((n,), float("inf"), dtype=torch.float32, device=z.device)
-    else:
-        proj = start.to(z.device, torch.float32).clone().pow_(2)
-    crit = proj
-    if guided:
-        crit = proj.clone() if true_start is None else true_start.to(z.device, torch.float32).clone().pow_(2)
-        true_centers = torch.empty(k, int(true_features.shape[1]), dtype=torch.float32, device=z.device)
-        fetched = 0  # true_centers[:fetched] are read (one batched read per block update)
-    centers = torch.empty(k, d, dtype=torch.float32, device=z.device)
-    center_sq = torch.empty(k, dtype=torch.float32, device=z.device)
-    blocks = [(s, min(s + block_size, n)) for s in range(0, n, block_size)]
-    applied = [0] * len(blocks)  # number of centres already folded into each block
-    heap = [(-float(crit[s:e].max()), b) for b, (s, e) in enumerate(blocks)]
-    heapq.heapify(heap)
-    picks = torch.empty(k, dtype=torch.long)
-    t = 0
-    while t < k:
-        neg_bound, b = heapq.heappop(heap)
-        s, e = blocks[b]
-        if applied[b] < t:
-            p, c = proj[s:e], crit[s:e]
-            zb, sqb = z[s:e], sq[s:e]
-            for c0 in range(applied[b], t, max_pending):
-                c1 = min(t, c0 + max_pending)
-                # |x - c|^2 = |x|^2 - 2 x.c + |c|^2, one GEMM for all pending centres
-                dist = torch.addmm(center_sq[c0:c1].unsqueeze(0), zb, centers[c0:c1].T, alpha=-2.0)
-                dist.add_(sqb.unsqueeze(1))
-                nearest, which = dist.min(dim=1)
-                if not guided:
-                    torch.minimum(p, nearest, out=p)
-                    continue
-                if fetched < c1:
-                    true_centers[fetched:c1] = _as_float_tensor(true_features[picks[fetched:c1].numpy()], z.device)
-                    fetched = c1
-                rows = torch.nonzero(nearest < p).squeeze(1)
-                if rows.numel():
-                    p[rows] = nearest[rows]
-                    x = _as_float_tensor(true_features[(rows + s).cpu().numpy()], z.device)
-                    c[rows] = torch.minimum(c[rows], ((x - true_centers[c0 + which[rows]]) ** 2).sum(dim=1))
-            applied[b] = t
-            heapq.heappush(heap, (-float(c.max()), b))
-            continue
-        # This block is up to date: its bound is exact and no other block can beat it.
-        i = s + int(torch.argmax(crit[s:e]))
-        picks[t] = i
-        crit[i] = proj[i] = -1.0  # below any distance: never picked twice, even among duplicates
-        centers[t] = z[i]
-        center_sq[t] = sq[i]
-        t += 1
-        heapq.heappush(heap, (neg_bound, b))  # stale upper bound; refreshed when it surfaces
-    return picks
+    return _LazyBlockGreedy(z, k, start, block_size, max_pending, true_features, true_start).run()
+
+
+class _LazyBlockGreedy:
+    """The state of one ``_greedy_loop``: per-row distances, the centres picked so far, and a
+    heap of blocks keyed by an upper bound of their best criterion."""
+
+    def __init__(self, z, k, start, block_size, max_pending, true_features, true_start):
+        n, d = z.shape
+        self.z, self.k, self.max_pending, self.true_features = z, k, max_pending, true_features
+        self.guided = true_features is not None
+        self.sq = (z * z).sum(dim=1)  # squared distances throughout: min / arg-max are unchanged
+        if start is None:
+            self.proj = torch.full((n,), float("inf"), dtype=torch.float32, device=z.device)
+        else:
+            self.proj = start.to(z.device, torch.float32).clone().pow_(2)
+        self.crit = self.proj
+        if self.guided:
+            self.crit = (self.proj.clone() if true_start is None
+                         else true_start.to(z.device, torch.float32).clone().pow_(2))
+            self.true_centers = torch.empty(k, int(true_features.shape[1]), dtype=torch.float32, device=z.device)
+            self.fetched = 0  # true_centers[:fetched] are read (one batched read per block update)
+        self.centers = torch.empty(k, d, dtype=torch.float32, device=z.device)
+        self.center_sq = torch.empty(k, dtype=torch.float32, device=z.device)
+        self.blocks = [(s, min(s + block_size, n)) for s in range(0, n, block_size)]
+        self.applied = [0] * len(self.blocks)  # number of centres already folded into each block
+        self.heap = [(-float(self.crit[s:e].max()), b) for b, (s, e) in enumerate(self.blocks)]
+        heapq.heapify(self.heap)
+        self.picks = torch.empty(k, dtype=torch.long)
+
+    def run(self) -> torch.Tensor:
+        t = 0
+        while t < self.k:
+            neg_bound, b = heapq.heappop(self.heap)
+            s, e = self.blocks[b]
+            if self.applied[b] < t:
+                for c0 in range(self.applied[b], t, self.max_pending):
+                    self._fold(s, e, c0, min(t, c0 + self.max_pending))
+                self.applied[b] = t
+                heapq.heappush(self.heap, (-float(self.crit[s:e].max()), b))
+                continue
+            # This block is up to date: its bound is exact and no other block can beat it.
+            i = s + int(torch.argmax(self.crit[s:e]))
+            self.picks[t] = i
+            self.crit[i] = self.proj[i] = -1.0  # below any distance: never picked twice, even among duplicates
+            self.centers[t] = self.z[i]
+            self.center_sq[t] = self.sq[i]
+            t += 1
+            heapq.heappush(self.heap, (neg_bound, b))  # stale upper bound; refreshed when it surfaces
+        return self.picks
+
+    def _fold(self, s: int, e: int, c0: int, c1: int) -> None:
+        """Fold the pending centres ``c0:c1`` into rows ``s:e``: |x - c|^2 = |x|^2 - 2 x.c + |c|^2,
+        one GEMM for all of them."""
+        p, c = self.proj[s:e], self.crit[s:e]
+        dist = torch.addmm(self.center_sq[c0:c1].unsqueeze(0), self.z[s:e], self.centers[c0:c1].T, alpha=-2.0)
+        dist.add_(self.sq[s:e].unsqueeze(1))
+        nearest, which = dist.min(dim=1)
+        if not self.guided:
+            torch.minimum(p, nearest, out=p)
+            return
+        if self.fetched < c1:
+            self.true_centers[self.fetched:c1] = _as_float_tensor(
+                self.true_features[self.picks[self.fetched:c1].numpy()], self.z.device)
+            self.fetched = c1
+        rows = torch.nonzero(nearest < p).squeeze(1)
+        if rows.numel():
+            p[rows] = nearest[rows]
+            x = _as_float_tensor(self.true_features[(rows + s).cpu().numpy()], self.z.device)
+            c[rows] = torch.minimum(c[rows], ((x - self.true_centers[c0 + which[rows]]) ** 2).sum(dim=1))
 
 
 def approximate_greedy_coreset(

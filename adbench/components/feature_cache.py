@@ -60,7 +60,45 @@ class FeatureCache:
 
 
 def train_on_features(
-    backbone: Callable[[torch.Tensor], list[torch.Tensor]],
+    backbone: torch.nn.Module,
+    extract: Callable[[torch.Tensor], list[torch.Tensor]],
+    train_loader,
+    *,
+    trainable: dict[str, torch.nn.Module],
+    loss_fn: Callable[[list[torch.Tensor]], torch.Tensor],
+    make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
+    context,
+    config,
+    desc: str,
+    loss_format: str = ".4f",
+) -> list[float]:
+    """Train ``trainable`` on the features of a frozen ``backbone``; returns the per-epoch mean
+    loss (weighted by batch size).
+
+    Why one helper: Reverse Distillation and FastFlow train the same way -- one optimiser over
+    the trained modules (in ``trainable``'s order), the backbone in eval mode and the trained
+    modules in train mode, epochs of "features -> loss -> step" (``_train_epochs``), then eval
+    mode for scoring -- and differ only in ``loss_fn`` and the optimiser (``make_optimizer``
+    gets the parameters). ``extract`` maps images to the backbone's feature maps (the method's
+    own forward, under ``--precision``); ``config`` is the method's configuration, of which
+    ``epochs``, ``batch_size`` and ``cache_features`` are read.
+    """
+    optimizer = make_optimizer([p for module in trainable.values() for p in module.parameters()])
+    backbone.eval()
+    for module in trainable.values():
+        module.train()
+    history = _train_epochs(
+        extract, train_loader, loss_fn, context=context, modules=trainable, optimizer=optimizer,
+        epochs=config.epochs, cache=config.cache_features, batch_size=config.batch_size,
+        desc=desc, loss_format=loss_format,
+    )
+    for module in trainable.values():
+        module.eval()
+    return history
+
+
+def _train_epochs(
+    extract: Callable[[torch.Tensor], list[torch.Tensor]],
     train_loader,
     loss_fn: Callable[[list[torch.Tensor]], torch.Tensor],
     *,
@@ -71,14 +109,12 @@ def train_on_features(
     cache: bool,
     batch_size: int,
     desc: str,
-    loss_format: str = ".4f",
+    loss_format: str,
 ) -> list[float]:
-    """Epochs of "frozen-backbone features -> loss -> step", resumable; returns the per-epoch
-    mean loss (weighted by batch size).
+    """Epochs of "frozen-backbone features -> loss -> step", resumable.
 
-    Shared by the feature-reconstruction methods (Reverse Distillation, FastFlow). With
-    ``cache`` the features are computed once and replayed each epoch in the phase's seeded order
-    (valid because the backbone is frozen and the method uses no image augmentation); without
+    With ``cache`` the features are computed once and replayed each epoch in the phase's seeded
+    order (valid because the backbone is frozen and the method uses no image augmentation); without
     it (the paper profiles: 7 MB of WRN50 maps per image do not fit in RAM for 10,000 images)
     each epoch runs the backbone again, on images decoded once per job
     (``context.training_images``, in the job's DataLoader workers), in that same order. Either
@@ -88,12 +124,13 @@ def train_on_features(
     """
     from tqdm.auto import tqdm
 
-    from adbench.inputs import BatchStream, as_float, gather, to_device
+    from adbench.data.batch_stream import BatchStream, gather, to_device
+    from adbench.data.image_cache import as_float
 
     checkpoints, device = context.checkpoints, context.device
     if checkpoints.finished("train"):
         return list(checkpoints.phase("train", modules=modules).history)
-    store = FeatureCache.build(backbone, train_loader, device) if cache else None
+    store = FeatureCache.build(extract, train_loader, device) if cache else None
     images = None if cache else context.training_images(train_loader)
     phase = checkpoints.phase("train", modules=modules, optimizers={"optimizer": optimizer})
     stream = None
@@ -104,7 +141,7 @@ def train_on_features(
         if store is not None:
             batches = (store.take(idx, device) for idx in phase.batches(epoch, len(store), batch_size))
         else:
-            batches = (backbone(as_float(to_device(b, device))) for (b,) in stream.epoch(epoch))
+            batches = (extract(as_float(to_device(b, device))) for (b,) in stream.epoch(epoch))
         for feats in batches:
             loss = loss_fn(feats)
             optimizer.zero_grad(set_to_none=True)

@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from adbench.store import write_atomic
+from adbench.files import write_atomic
 
 FORMAT = 1
 SUFFIX = ".ckpt"

@@ -26,7 +26,7 @@ What the phase does for the method:
   permutation drawn from a generator seeded by (job seed, p, e), so the position in the data
   order is just (epoch, step): nothing about a loader has to be saved, and a resumed epoch
   replays the same order and skips the steps already done (``batches`` epoch by epoch,
-  ``plan`` for a worker pipeline that runs ahead, ``adbench.inputs``).
+  ``plan`` for a worker pipeline that runs ahead, ``adbench.data`` input pipeline).
 * **Checkpoints.** After a step, when ``--checkpoint-every`` seconds have passed since the last
   save, the complete state is written: the registered modules, optimisers and schedulers,
   every random state (``adbench.training.rng``), the epoch, the step, the loss accumulators and
@@ -52,6 +52,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 import torch
 
+from adbench.options import DEFAULT_CHECKPOINT_EVERY
 from adbench.training import rng as rng_state
 from adbench.training.checkpoints import CheckpointFile, Header, log, now_iso
 
@@ -92,7 +93,7 @@ class Checkpointing:
     0``) keeps every API working without writing anything."""
 
     file: Optional[CheckpointFile] = None
-    every_seconds: float = 600.0
+    every_seconds: float = DEFAULT_CHECKPOINT_EVERY
     seed: int = 0
     check_every_steps: int = 1  # how often a loss is checked for NaN (1 on CPU: free there)
     clock: Any = time.monotonic
@@ -249,7 +250,7 @@ class Phase:
              max_steps: Optional[int] = None) -> Iterator[tuple[int, torch.Tensor]]:
         """Every batch still to run, as ``(epoch, image indices)`` tickets, from where the phase
         stands now to the end of epoch ``n_epochs - 1``: the same batches ``batches`` gives
-        epoch by epoch, for a worker pipeline that runs ahead of the loop (``adbench.inputs``).
+        epoch by epoch, for a worker pipeline that runs ahead of the loop (``adbench.data`` input pipeline).
         Lazy, but fixed by the (epoch, step) of the moment it is called."""
         first_epoch, first_step = self.epoch, self.step
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import adbench_testkit
-from adbench.claims import ClaimBook, Holder
+from adbench.results.claims import ClaimBook, Holder
 
 REPO = Path(__file__).resolve().parents[2]
 

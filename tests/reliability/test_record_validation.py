@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 import adbench_testkit
 from adbench.cli import main
-from adbench.record_checks import problem_of
+from adbench.results.checks import problem_of
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_plot_and_evaluate_survive_bad_records_and_a_truncated_npz(store, tmp_pa
 
 
 def test_predictions_outside_the_folder_are_never_opened(store, tmp_path, monkeypatch):
-    from adbench import predictions
+    from adbench.results import predictions
 
     results, _, _ = _damaged(store, tmp_path)
     record = json.loads(next(results.rglob("c_escape__*.json")).read_text())
@@ -129,9 +129,9 @@ def test_records_a_job_returns_pass_the_same_checks(tmp_path):
     """Whatever executor ran a job (local child, Ray worker), a record with an impossible value is
     stored as failed with the reason, never as a result."""
     from adbench.jobs import Job
-    from adbench.records import base_record
-    from adbench.result_writer import ResultWriter
-    from adbench.store import Store
+    from adbench.results.records import base_record
+    from adbench.run.result_writer import ResultWriter
+    from adbench.results.store import Store
 
     job = Job(method="kit_mean", dataset="kitgen", data_root=None, categories=["obj_b"], seed=0, protocol="single",
               profile="quick", config={}, config_hash="abc")
@@ -147,6 +147,6 @@ def test_records_a_job_returns_pass_the_same_checks(tmp_path):
 @pytest.mark.parametrize("value, ok", [(0.0, True), (1.0, True), (1 + 1e-12, True), (None, True), (-0.1, False),
                                        (float("nan"), False), (True, False), ("0.5", False)])
 def test_metric_range_rule(value, ok):
-    from adbench.record_checks import metric_problem
+    from adbench.results.checks import metric_problem
 
     assert (metric_problem("image_auroc", value) is None) == ok

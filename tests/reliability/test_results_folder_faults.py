@@ -80,7 +80,7 @@ def test_read_only_results_folder_is_one_line_before_any_job(kit, tmp_path, monk
 def test_write_failure_mid_run_stops_cleanly_and_the_rerun_completes(kit, tmp_path, monkeypatch):
     """Disk full while the second job's record is written: one line naming the file and the
     error, exit 2, the first record intact, no temporary file; the rerun finishes the grid."""
-    import adbench.store as store
+    import adbench.results.store as store
 
     results = tmp_path / "res"
     real = store.write_atomic
@@ -193,7 +193,7 @@ def test_unstorable_record_extras_fail_the_job_with_the_reason(kit, tmp_path):
 
 # --- case 11: work folders of killed jobs --------------------------------------------------------
 def test_work_folders_of_dead_processes_are_removed(tmp_path):
-    from adbench.workdirs import _host_tag, make_workdir, owner_pid, remove_orphaned_workdirs
+    from adbench.run.workdirs import _host_tag, make_workdir, owner_pid, remove_orphaned_workdirs
 
     mine = Path(make_workdir(str(tmp_path)))
     assert owner_pid(mine) == os.getpid()
@@ -210,7 +210,7 @@ def test_work_folders_of_dead_processes_are_removed(tmp_path):
 def test_a_killed_job_leaves_a_folder_the_next_run_removes(kit, tmp_path):
     """End to end: a job SIGKILLed mid-fit leaves its work folder; the next run removes it.
     (A private TMPDIR: other adbench runs on this host clean the shared one too.)"""
-    from adbench.workdirs import PREFIX
+    from adbench.run.workdirs import PREFIX
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()
@@ -227,7 +227,7 @@ def test_a_killed_job_leaves_a_folder_the_next_run_removes(kit, tmp_path):
 def test_workdir_option_holds_job_folders_and_is_checked_up_front(kit, tmp_path):
     """``--workdir``: jobs' work folders go there (a killed job's is found and removed there by
     the next run), and a --workdir that cannot be written is one exit-2 line before any job."""
-    from adbench.workdirs import PREFIX
+    from adbench.run.workdirs import PREFIX
 
     scratch = tmp_path / "scratch" / "deeper"  # created when missing
     results = tmp_path / "res"

@@ -12,9 +12,10 @@ import os
 import numpy as np
 from click.testing import CliRunner
 
-from adbench import plots, predictions
+from adbench.reporting import plots
+from adbench.results import predictions
 from adbench.cli import main
-from adbench.store import Store
+from adbench.results.store import Store
 from reliability_kit import UNDECODABLE
 
 

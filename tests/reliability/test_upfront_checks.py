@@ -177,7 +177,7 @@ def test_unknown_method_under_methods(tmp_path, kit_data, run_cli, assert_user_e
     assert_user_error(result, results, f"error: --config {cfg}: methods.kit_maen: unknown method "
                                        f"(did you mean kit_mean or kit_trained?)")
     # a registered method this run does not select is fine: one file serves several grids
-    from adbench.runner import RunOptions, plan_run
+    from adbench.run.runner import RunOptions, plan_run
 
     cfg.write_text("methods:\n  kit_scoreonly:\n    reduce: mean\n  kit_mean:\n    image_size: 24\n")
     plan = plan_run(RunOptions(method="kit_mean", dataset="kitgen", data_root=str(kit_data), config_file=str(cfg),
