@@ -43,6 +43,12 @@ class ResultsWriteError(UserError):
     written are intact; the same command resumes once the cause is fixed."""
 
 
+class DiskFull(UserError):
+    """A job's work files (the spilled image cache, feature caches) do not fit the free space
+    of ``--workdir``: the job fails with this one line instead of dying of SIGBUS later, when a
+    memory-mapped page finds no block to land on."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM received (``kill <pid>``, a cluster scheduler's pre-emption): handled like Ctrl-C
     (jobs in flight stopped, nothing finished lost) but reported with its own exit code, 143."""

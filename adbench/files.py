@@ -69,3 +69,35 @@ def pid_alive(pid: int) -> bool:
     except (PermissionError, OverflowError, ValueError, OSError):
         return True
     return True
+
+
+def size_text(n_bytes: float) -> str:
+    """``1.50 GiB``, or ``12.3 MiB`` below one GiB (where GiB would print 0.00)."""
+    if n_bytes >= 2**30:
+        return f"{n_bytes / 2**30:.2f} GiB"
+    return f"{n_bytes / 2**20:.1f} MiB"
+
+
+def writable_folder(folder: Path | str, min_free_bytes: int = 0) -> tuple[Path | None, str | None]:
+    """(the folder made absolute and created, None) when a file can be written there and it has
+    ``min_free_bytes`` free; (None, why not) otherwise: a path below a regular file, no write
+    permission, a read-only file system, too little space."""
+    import shutil
+
+    path = Path(folder).expanduser().resolve()
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                return None, f"{parent} is a file, not a folder"
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".adbench-probe-{os.getpid()}{TMP_SUFFIX}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        free = shutil.disk_usage(path).free
+    except OSError as exc:
+        return None, f"cannot write there ({exc.strerror or exc})"
+    if free < min_free_bytes:
+        return None, f"only {size_text(free)} free there, at least {size_text(min_free_bytes)} needed"
+    return path, None

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from adbench.errors import ConfigError, WeightsError
+from adbench.files import writable_folder
 
 #: seconds between checkpoints inside a job (``--checkpoint-every``); also the default of a
 #: ``Checkpointing`` made outside the harness
@@ -126,12 +126,16 @@ def one_of(flag: str, allowed: Sequence[str]) -> Callable[[Any], str]:
     return check
 
 
-def at_least(flag: str, low: float, *, strict: bool = False, why: str = "") -> Callable[[Any], Any]:
-    """None passes (the option's automatic default); else a number >= low (> low if strict)."""
+def number(flag: str, low: float, *, strict: bool = False, finite: bool = True, why: str = "") -> Callable[[Any], Any]:
+    """None passes (the option's automatic default); else a number >= low (> low if strict),
+    never NaN, and finite unless ``finite=False`` allows infinity. NaN fails every comparison,
+    so it would otherwise slip through ``value < low`` checks and turn a feature off silently."""
 
     def check(value: Any) -> Any:
         if value is None:
             return None
+        if math.isnan(value) or (finite and math.isinf(value)):
+            raise ConfigError(f"{flag} {value}: must be a finite number{why}")
         ok = value > low if strict else value >= low
         if not ok:
             raise ConfigError(f"{flag} {value}: must be {'>' if strict else '>='} {low:g}{why}")
@@ -151,19 +155,29 @@ def check_weights(weights: Optional[str]) -> Optional[str]:
     return str(path.resolve())
 
 
+#: free space a run needs in --workdir and the checkpoint folder before it starts (one quick
+#: job's spill files or checkpoint are a few MiB; paper jobs check again for their real size)
+MIN_FREE_WORK_BYTES = 64 * 2**20
+
+
 def check_workdir(workdir: Optional[str]) -> Optional[str]:
-    """``--workdir``: created if missing, and it must take a file (one exit-2 line otherwise,
-    before any job), since every job's spill files and caches go there."""
+    """``--workdir``: created if missing; it must take a file and have some free space (one
+    exit-2 line otherwise, before any job), since every job's spill files and caches go there."""
     if not workdir:
         return None
-    path = Path(workdir).expanduser().resolve()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".adbench-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"--workdir {workdir}: cannot write there ({exc.strerror or exc})") from None
+    path, problem = writable_folder(workdir, MIN_FREE_WORK_BYTES)
+    if problem:
+        raise ConfigError(f"--workdir {workdir}: {problem}")
+    return str(path)
+
+
+def check_checkpoint_dir(folder: Path | str, flag: str = "--checkpoint-dir") -> str:
+    """Where the run's checkpoints go (``--checkpoint-dir``, or ``<results>/.checkpoints``):
+    checked like ``--workdir`` before any job, so cleaning up after the first finished job
+    cannot fail on a path below a file or a read-only folder."""
+    path, problem = writable_folder(folder, MIN_FREE_WORK_BYTES)
+    if problem:
+        raise ConfigError(f"{flag} {folder}: {problem}")
     return str(path)
 
 
@@ -172,15 +186,10 @@ def absolute_path(value: Optional[str]) -> Optional[str]:
 
 
 def check_checkpoint_every(value: float) -> float:
-    if not value >= 0 or math.isinf(value):  # NaN fails ">= 0"
-        raise ConfigError(f"--checkpoint-every {value}: must be >= 0 (0 turns checkpoints off)")
+    if math.isnan(value) or not value >= 0:
+        raise ConfigError(f"--checkpoint-every {value}: must be >= 0 seconds (0 turns checkpoints off, inf keeps "
+                          f"only the final one)")
     return float(value)
-
-
-def check_job_timeout(value: Optional[float]) -> Optional[float]:
-    if value is not None and not value > 0:
-        raise ConfigError(f"--job-timeout {value}: must be > 0 seconds")
-    return value
 
 
 def check_workers(value: Optional[int]) -> Optional[int]:
@@ -190,8 +199,8 @@ def check_workers(value: Optional[int]) -> Optional[int]:
 
 
 def check_cache_gb(value: Optional[float]) -> Optional[float]:
-    if value is not None and not float(value) >= 0:
-        raise ConfigError(f"--cache-gb {value}: must be 0 (always spill to --workdir) or more")
+    if value is not None and (math.isnan(value) or math.isinf(value) or not value >= 0):
+        raise ConfigError(f"--cache-gb {value}: must be 0 (always spill to --workdir) or more, and finite")
     return value
 
 
@@ -237,19 +246,20 @@ RUN_OPTIONS: tuple[Option, ...] = (
            help="Metrics of the final table."),
     Option("save_predictions", ("--save-predictions",), type=bool, default=False, in_job=True,
            help="Keep image scores, float16 maps and sample paths beside each record (<record>.npz)."),
-    Option("jobs", ("--jobs", "-j"), type=int, check=at_least("--jobs", 1),
+    Option("jobs", ("--jobs", "-j"), type=int, check=number("--jobs", 1),
            help="Jobs at once on this machine [default: one per visible GPU, 1 on a CPU]; the cores are "
                 "divided between them."),
-    Option("job_timeout", ("--job-timeout",), type=float, metavar="SECONDS", check=check_job_timeout,
+    Option("job_timeout", ("--job-timeout",), type=float, metavar="SECONDS", check=number("--job-timeout", 0, strict=True, why=" seconds"),
            help="A job running longer is stopped and recorded as failed (its checkpoint is kept)."),
-    Option("cpus_per_job", ("--cpus-per-job",), type=float, help="Ray: CPUs per job, also its threads [default: 4]."),
-    Option("gpus_per_job", ("--gpus-per-job",), type=float,
+    Option("cpus_per_job", ("--cpus-per-job",), type=float, check=number("--cpus-per-job", 0, strict=True), help="Ray: CPUs per job, also its threads [default: 4]."),
+    Option("gpus_per_job", ("--gpus-per-job",), type=float, check=number("--gpus-per-job", 0),
            help="Ray: GPUs per job [default: 1 when the cluster has GPUs]."),
-    Option("memory_per_job", ("--memory-per-job",), type=float, metavar="GIB", help="Ray: memory each job reserves."),
+    Option("memory_per_job", ("--memory-per-job",), type=float, metavar="GIB",
+           check=number("--memory-per-job", 0, strict=True), help="Ray: memory each job reserves."),
     Option("checkpoint_every", ("--checkpoint-every",), type=float, default=DEFAULT_CHECKPOINT_EVERY,
            show_default=True, metavar="SECONDS", check=check_checkpoint_every, in_job=True,
            help="Save each training job's complete state this often (and when training ends); a rerun "
-                "resumes from it. 0 turns checkpoints off."),
+                "resumes from it. 0 turns checkpoints off; inf keeps only the final one."),
     Option("checkpoint_dir", ("--checkpoint-dir",), path="dir",
            help="Where checkpoints go [default: <results>/.checkpoints]; Ray workers must be able to write it."),
     Option("precision", ("--precision",), type=PRECISIONS, default="fp32", show_default=True,

@@ -240,6 +240,18 @@ def _explicit_file(path: Path, tag: str) -> WeightsInfo:
     return WeightsInfo(tag, f"--weights {path.name}{verified}", file_sha256(path))
 
 
+def unusable_file_problem(path: Path, tag: str) -> Optional[str]:
+    """Why the weights-folder file of ``tag`` cannot be used (truncated, corrupt, another
+    architecture), read once before any job; None when it loads into ``tag``'s model."""
+    try:
+        state = read_state_dict(path)
+        model = _timm().create_model(tag, pretrained=False, features_only=True)
+        load_state_into(model, state, f"${WEIGHTS_DIR_ENV} file {path}", tag)
+    except WeightsError as exc:
+        return str(exc)
+    return None
+
+
 def missing_message(tag: str, reason: str = "") -> str:
     """One line naming the exact tag and every way to provide it."""
     folder = weights_dir()
@@ -328,7 +340,11 @@ def check_available(needs: Mapping[str, Iterable[str]], weights: Optional[str], 
     problems, warnings_out = [], []
     for tag, methods in needs.items():
         methods = sorted(set(methods))
-        if file_for_tag(tag) is not None:
+        found = file_for_tag(tag)
+        if found is not None:
+            problem = unusable_file_problem(found, tag)
+            if problem:
+                problems.append(f"{problem} [needed by {', '.join(methods)}]")
             continue
         if online is None:
             online = hub_reachable()

@@ -7,8 +7,10 @@ page cache on indexing, and forked DataLoader workers share it without copying.
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from typing import Optional
@@ -47,4 +49,34 @@ def ram_or_disk(shape: tuple[int, ...], dtype: torch.dtype, budget_bytes: int, w
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"{name}.bin")
     array = np.lib.format.open_memmap(path, mode="w+", dtype=_NUMPY[dtype], shape=shape)
+    reserve_blocks(path, nbytes, name)
     return Placed(torch.from_numpy(array), path)
+
+
+def reserve_blocks(path: str, nbytes: int, name: str) -> None:
+    """Give the memory-mapped file its disk blocks now. A memory map of a sparse file that later
+    finds the disk full kills the job with SIGBUS and no word; reserving up front turns that
+    into one "disk full" line (``adbench.errors.DiskFull``) before any work is done."""
+    from adbench.errors import DiskFull
+    from adbench.files import size_text
+
+    folder = os.path.dirname(path)
+    free = shutil.disk_usage(folder).free
+    size = os.path.getsize(path)
+    problem = None
+    if free < nbytes:
+        problem = f"only {size_text(free)} free"
+    elif hasattr(os, "posix_fallocate"):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                problem = f"only {size_text(shutil.disk_usage(folder).free)} free"
+            # other errors (a file system without fallocate): the free-space check above stands
+        finally:
+            os.close(fd)
+    if problem:
+        os.remove(path)
+        raise DiskFull(f"disk full: the {name} cache needs {size_text(nbytes)} in {folder} (--workdir), {problem}; "
+                       f"give --workdir a larger disk, or --cache-gb more memory")

@@ -10,7 +10,10 @@ records come back to the run's process and pass through ``ResultWriter.accept``:
 3. the record is written atomically; a failed attempt never replaces an ok record of the same
    job (``Store.write`` puts it beside it as ``<stem>.failed.json``, and the line says so);
 4. once a job's records are all written ok, its checkpoint is removed (``--keep-checkpoints``
-   keeps it: it is then the trained model); a failed job keeps its last one for the rerun;
+   keeps it: it is then the trained model); a failed job keeps its last one for the rerun.
+   Removing it never fails the finished job: a checkpoint that cannot be removed (a read-only
+   folder, a path below a regular file) is one ``warning:`` line, the file stays and the run
+   goes on (``adbench.training.checkpoints.remove``);
 5. a write that fails (disk full, folder made read-only mid-run) raises ``ResultsWriteError``
    naming the file: the run stops cleanly, every record written before stays intact, and the
    same command resumes once the cause is fixed.
@@ -61,7 +64,8 @@ class ResultWriter:
 
             from adbench.training.checkpoints import remove
 
-            remove(Path(job.checkpoint_path))  # its records are written: the checkpoint is done with
+            # its records are written: the checkpoint is done with (a failure is one warning line)
+            remove(Path(job.checkpoint_path))
         return notes
 
 

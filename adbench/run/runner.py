@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ from adbench.config import SET_SOURCE, load_yaml_config, merge_overrides, parse_
 from adbench.errors import ConfigError, DataError
 from adbench.files import safe_name
 from adbench.jobs import Job
-from adbench.options import RUN_OPTIONS, check_workdir, checked_values, job_values, options_class, parse_list
+from adbench.options import (RUN_OPTIONS, check_checkpoint_dir, check_workdir, checked_values, job_values, options_class,
+                             parse_list)
 from adbench.results.store import Store
 
 
@@ -90,6 +92,8 @@ def plan_run(opts: RunOptions) -> Plan:
     store = Store(opts.results)
     store.check_writable()
     ckpt_root = Path(opts.checkpoint_dir).expanduser().resolve() if opts.checkpoint_dir else store.root / ".checkpoints"
+    if grid.options["checkpoint_every"] > 0:
+        check_checkpoint_dir(ckpt_root, "--checkpoint-dir" if opts.checkpoint_dir else "checkpoint folder")
     jobs = build_jobs(grid, ckpt_root)
     if opts.rerun:
         todo, done = list(jobs), []
@@ -107,12 +111,18 @@ def check_run(opts: RunOptions) -> Grid:
     load_plugins(list(opts.plugins))
     METHODS.load()
     DATASETS.load()
+    from adbench.results.claims import lease_seconds_from_env
+
     values = checked_values(opts)
     check_device(opts.device, opts.executor)
+    check_executor_options(opts)
+    lease_seconds_from_env()  # $ADBENCH_CLAIM_LEASE_SECONDS, with the options
     notes: list[str] = []
     methods = select_methods(opts, notes)
     dataset_cls = DATASETS.get(opts.dataset)
     configs = resolve_configs(methods, opts, notes)
+    check_memory(configs)
+    values["workers"] = cap_workers(values["workers"], opts, notes)
     notes.extend(check_pretrained_weights(configs, opts.profile, values["weights"]))
     adapter = dataset_cls(opts.data_root)
     categories = adapter.select(parse_list(opts.category))
@@ -123,6 +133,60 @@ def check_run(opts: RunOptions) -> Grid:
                      f"under autocast): fp32 there, and their records say so")
     kinds = {c: adapter.category_info(c).kind for c in categories}
     return Grid(values, methods, configs, categories, kinds, fp32_only, notes)
+
+
+#: options that only the Ray executor reads (the no-silent-options rule: an error elsewhere)
+RAY_ONLY = ("cpus_per_job", "gpus_per_job", "memory_per_job")
+
+
+def check_executor_options(opts: RunOptions) -> None:
+    """``--cpus-per-job``, ``--gpus-per-job``, ``--memory-per-job`` size Ray tasks; the local
+    executor divides the machine itself (``--jobs``), so there they would be ignored."""
+    given = [name for name in RAY_ONLY if getattr(opts, name) is not None]
+    if given and opts.executor != "ray":
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ConfigError(f"{flags}: only --executor ray reads {'it' if len(given) == 1 else 'them'} (the local "
+                          f"executor divides this machine's cores with --jobs)")
+
+
+def cap_workers(workers: Optional[int], opts: RunOptions, notes: list[str]) -> Optional[int]:
+    """``--workers`` above the CPUs a job gets (its share of this machine, or its Ray request)
+    only adds processes that wait for a core: capped there, with a note."""
+    from adbench.run.executors import local_resources
+
+    if workers is None:
+        return None
+    if opts.executor == "ray":
+        cpus = int(opts.cpus_per_job) if opts.cpus_per_job else None  # the default fits the node
+    else:
+        threads = local_resources(opts)[2]
+        cpus = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    if cpus is not None and workers > max(1, cpus):
+        notes.append(f"--workers {workers}: capped at {max(1, cpus)}, the CPUs each job has")
+        return max(1, cpus)
+    return workers
+
+
+def check_memory(configs: dict[str, Any]) -> None:
+    """A lower bound of a job's memory against what this machine has: one batch of input images
+    as float32 (``batch_size`` or ``eval_batch_size`` images of 3 x ``image_size``^2). Networks
+    need several times that, so a configuration that fails this cannot run at all; one that
+    passes may still need more than the machine has (what is checked is said in the message)."""
+    from adbench.data.input_settings import available_memory_bytes
+    from adbench.files import size_text
+
+    available = available_memory_bytes()
+    for method, config in configs.items():
+        size = getattr(config, "image_size", None)
+        if not isinstance(size, int) or size <= 0:
+            continue
+        batch = max(int(getattr(config, "batch_size", 1) or 1), int(getattr(config, "eval_batch_size", 0) or 0))
+        needed = batch * 3 * size * size * 4
+        if needed > available:
+            raise ConfigError(f"--set image_size={size}, batch_size={batch}: {method}'s input batch alone ({batch} "
+                              f"images of 3 x {size} "
+                              f"x {size}, float32) needs {size_text(needed)}, this machine has {size_text(available)} "
+                              f"available")
 
 
 def select_methods(opts: RunOptions, notes: list[str]) -> list[str]:
@@ -351,10 +415,19 @@ class Dispatch:
         from adbench.run.result_writer import ResultWriter
 
         self.plan, self.summary, self.rerun, self.progress = plan, summary, opts.rerun, opts.progress
-        self.bar = _grid_bar(len(plan.todo), opts.progress)
+        self._bar, self._bar_wanted = None, (len(plan.todo), opts.progress)
         self.writer = ResultWriter(plan.store, keep_checkpoints=opts.keep_checkpoints)
         self.claims = ClaimBook(plan.store.root)
         self.claim_of: dict[tuple, Path] = {}
+        self.started = time.time()  # records written after this were written by a concurrent run
+
+    @property
+    def bar(self):
+        """The grid's progress bar, drawn when the first job starts (an executor that refuses
+        the grid up front, e.g. Ray without a node that fits, leaves only its error line)."""
+        if self._bar is None:
+            self._bar = _grid_bar(*self._bar_wanted)
+        return self._bar
 
     def start(self, job: Job) -> bool:
         """Claim the job right before it runs; skip it when a live run holds it, or when another
@@ -365,13 +438,35 @@ class Dispatch:
             self.summary.n_elsewhere += 1
             self._skip(f"{job.label}: running elsewhere ({holder.describe()}); skipped")
             return False
-        if not self.rerun and self.plan.store.is_done(job):
-            self.claims.release(path)
-            self.summary.n_done_meanwhile += 1
-            self._skip(f"{job.label}: finished by another run meanwhile; skipped")
-            return False
+        if self.plan.store.is_done(job):
+            if not self.rerun or self._written_since_start(job):
+                self.claims.release(path)
+                self.summary.n_done_meanwhile += 1
+                self._skip(f"{job.label}: finished by another run meanwhile; skipped")
+                return False
+            self._forget_kept_model(job)
         self.claim_of[job.key()] = path
         return True
+
+    def _written_since_start(self, job: Job) -> bool:
+        """Under ``--rerun``: every record of the job was written after this run started, i.e.
+        by a concurrent ``--rerun`` run (so each job is recomputed once, not once per run)."""
+        paths = self.plan.store.record_paths(job)
+        try:
+            return bool(paths) and all(p.stat().st_mtime >= self.started for p in paths)
+        except OSError:
+            return False
+
+    def _forget_kept_model(self, job: Job) -> None:
+        """``--rerun`` retrains a finished job: the final checkpoint ``--keep-checkpoints`` kept
+        (the trained model) is removed so the job does not merely score it again; a
+        mid-training checkpoint (an interrupted rerun) is still resumed."""
+        from adbench.training.checkpoints import read_header, remove
+
+        if job.checkpoint_path:
+            header = read_header(Path(job.checkpoint_path))
+            if header is not None and header.final:
+                remove(Path(job.checkpoint_path))
 
     def on_done(self, job: Job, records: list[dict[str, Any]]) -> None:
         try:
@@ -399,8 +494,8 @@ class Dispatch:
 
     def close(self) -> None:
         self.claims.release_all()
-        if self.bar is not None:
-            self.bar.close()
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _advance(bar) -> None:

@@ -114,8 +114,14 @@ class Fitted:
 
 def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
     """The whole job: set the process up, fit on the training categories, evaluate each
-    category; its records (one per category)."""
+    category; its records (one per category).
+
+    A checkpoint that fails to restore after part of it was restored (``CheckpointRejected``:
+    it is already moved aside, with one warning line) runs the whole job once more from
+    scratch in this process, ignoring any checkpoint: ``set_up_process`` reseeds everything and
+    the detector is built anew, so the metrics are those of a run that never had the file."""
     from adbench.registry import DATASETS, METHODS, load_plugins
+    from adbench.training.checkpoints import CheckpointRejected
 
     started = started or now()
     rss_at_start = environment.rss_mb()
@@ -125,10 +131,21 @@ def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
     method_cls = METHODS.get(job.method)
     adapter = DATASETS.get(job.dataset)(job.data_root)
     indexes = {c: adapter.index(c) for c in job.categories}
+    try:
+        return run_attempt(job, method_cls, adapter, indexes, started, rss_at_start)
+    except CheckpointRejected:
+        pass  # rerun outside the handler: its traceback holds the first attempt's detector and data
+    return run_attempt(job, method_cls, adapter, indexes, started, rss_at_start, fresh=True)
+
+
+def run_attempt(job: Job, method_cls, adapter, indexes, started: str, rss_at_start,
+                fresh: bool = False) -> list[dict[str, Any]]:
+    """One attempt at the job in this process, from ``set_up_process`` to its records;
+    ``fresh``: an existing checkpoint is not loaded (new ones are still written)."""
     process = set_up_process(job)
     workdir = make_workdir(job.workdir)
     try:
-        fitted = fit_detector(job, method_cls, indexes, process, workdir)
+        fitted = fit_detector(job, method_cls, indexes, process, workdir, fresh=fresh)
         records = [evaluate_category(job, method_cls, fitted, process, indexes[c], adapter.category_info(c).kind,
                                      base_record(job, c, started))
                    for c in job.categories]
@@ -155,15 +172,16 @@ def set_up_process(job: Job) -> JobProcess:
     return JobProcess(device, threads, gpu, precision_flags)
 
 
-def fit_detector(job: Job, method_cls, indexes, process: JobProcess, workdir: str) -> Fitted:
+def fit_detector(job: Job, method_cls, indexes, process: JobProcess, workdir: str, fresh: bool = False) -> Fitted:
     """Build the detector from the job's resolved config and fit it on the training images of
-    every training category (timed; a resumed job adds its earlier attempts' time)."""
+    every training category (timed; a resumed job adds its earlier attempts' time; ``fresh``:
+    the job's checkpoint is not loaded)."""
     from adbench.config import resolve_config
     from adbench.data import make_loader
     from adbench.detector import RunContext
 
     config = resolve_config(method_cls.Config, {"paper": {}}, "paper", job.config, method=job.method)
-    checkpoints = make_checkpointing(job, method_cls, process.device)
+    checkpoints = make_checkpointing(job, method_cls, process.device, threads=process.threads, fresh=fresh)
     context = RunContext(device=process.device, seed=job.seed, weights=job.weights, profile=job.profile,
                          progress=job.progress, workdir=workdir,
                          categories={c: indexes[c].info for c in job.categories}, checkpoints=checkpoints,
@@ -211,6 +229,7 @@ def evaluate_category(job: Job, method_cls, fitted: Fitted, process: JobProcess,
         knn_device=detector.knn_device(), input_pipeline=context.inputs.record(),
         image_cache=context.image_cache_facts(), **process.precision_flags,
         n_train_images=fitted.n_train, torch_threads=process.threads,
+        torch_threads_attempts=checkpoints.threads_attempts,
     )
     return record
 
@@ -253,10 +272,12 @@ def gpu_facts(device, physical_index: Optional[int]) -> Optional[dict[str, Any]]
     return {"index": index, "name": props.name, "uuid": str(getattr(props, "uuid", "") or "")}
 
 
-def make_checkpointing(job: Job, method_cls, device):
+def make_checkpointing(job: Job, method_cls, device, threads: Optional[int] = None, fresh: bool = False):
     """The job's ``Checkpointing``: a file at ``job.checkpoint_path`` unless checkpoints are off
-    (no path, or ``--checkpoint-every 0``). NaN checks run every step on CPU (free) and every
-    50 steps on a GPU (each check waits for the device)."""
+    (no path, or ``--checkpoint-every 0``); ``fresh``: an existing one is not loaded. NaN checks
+    run every step on CPU (free) and every 50 steps on a GPU (each check waits for the device).
+    ``threads``: this attempt's torch threads (kept in the header for the record's
+    ``torch_threads_attempts``)."""
     from pathlib import Path
 
     from adbench.training import Checkpointing
@@ -265,8 +286,9 @@ def make_checkpointing(job: Job, method_cls, device):
     every = float(job.checkpoint_every or 0)
     file = None
     if job.checkpoint_path and every > 0:
-        file = CheckpointFile(Path(job.checkpoint_path), job.identity(), int(getattr(method_cls, "VERSION", 1)))
-    return Checkpointing(file=file, every_seconds=every, seed=job.seed,
+        file = CheckpointFile(Path(job.checkpoint_path), job.identity(), int(getattr(method_cls, "VERSION", 1)),
+                              use_existing=not fresh)
+    return Checkpointing(file=file, every_seconds=every, seed=job.seed, threads=threads,
                          check_every_steps=1 if device.type == "cpu" else 50)
 
 

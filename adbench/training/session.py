@@ -37,6 +37,18 @@ What the phase does for the method:
   loop); the phase in progress restores everything and continues at the saved epoch and step.
   ``steps_this_attempt`` counts what ran. A finished phase must be asked for with the same
   generators as when it ran (a done phase restores them for the phases after it).
+* **A checkpoint that does not fit.** Before a phase restores anything, the saved state is
+  checked against what the method registers (``restore_problem``: every module's state dict keys
+  and shapes, the optimisers' groups and per-parameter state shapes, the schedulers, the
+  generators). A checkpoint that does not fit (an architecture change without a ``VERSION``
+  bump) is moved aside with one warning line (``CheckpointFile.reject``). When nothing was
+  restored yet, the attempt simply goes on as a fresh start (nothing it did depended on the
+  checkpoint); when an earlier phase was already restored, or ``finished`` already answered
+  yes, or a restore fails half-way, ``CheckpointRejected`` is raised and the job starts again
+  from scratch (``adbench.run.worker.execute_job``), so its metrics are those of a run that
+  never had the checkpoint.
+* **Threads.** ``threads_attempts``: the torch threads of every attempt that trained this job's
+  state (carried in the checkpoint header), since float reductions depend on them.
 * **Divergence.** A loss that becomes NaN or infinite stops the job at once as failed, naming
   the phase, epoch and step (``TrainingDiverged``), instead of training on for hours.
 
@@ -54,7 +66,7 @@ import torch
 
 from adbench.options import DEFAULT_CHECKPOINT_EVERY
 from adbench.training import rng as rng_state
-from adbench.training.checkpoints import CheckpointFile, Header, log, now_iso
+from adbench.training.checkpoints import CheckpointFile, CheckpointRejected, Header, log, now_iso, one_line
 
 
 class TrainingDiverged(RuntimeError):
@@ -79,6 +91,97 @@ def _load_state_dicts(objects: Mapping[str, Any], saved: Mapping[str, Any], what
         obj.load_state_dict(saved[name])
 
 
+#: per-parameter optimiser state shaped like its parameter (Adam/AdamW, SGD, Adagrad, RMSprop, ...)
+PARAMETER_SHAPED = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "sum", "square_avg",
+                    "acc_delta", "grad_avg", "exp_inf", "ax", "prev")
+
+
+def _shape(value: Any) -> str:
+    return str(list(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _names_problem(what: str, saved: Any, mine: Mapping[str, Any]) -> Optional[str]:
+    if not isinstance(saved, Mapping):
+        return f"{what}: {type(saved).__name__} in the checkpoint"
+    if set(saved) != set(mine):
+        return f"{what} {sorted(saved)} in the checkpoint, {sorted(mine)} in the method"
+    return None
+
+
+def _modules_problem(modules: Mapping[str, torch.nn.Module], saved: Any) -> Optional[str]:
+    """Keys and shapes of every module's state dict against the saved ones (what a strict
+    ``load_state_dict`` would refuse, found before anything is copied)."""
+    problem = _names_problem("modules", saved, modules)
+    for name, module in modules.items():
+        if problem:
+            return problem
+        mine, theirs = module.state_dict(), saved[name]
+        if not isinstance(theirs, Mapping):
+            return f"module {name}: {type(theirs).__name__} in the checkpoint, not a state dict"
+        missing, unexpected = [k for k in mine if k not in theirs], [k for k in theirs if k not in mine]
+        if missing or unexpected:
+            return f"module {name}: missing keys {missing[:3]}, unexpected keys {unexpected[:3]}"
+        for key, value in mine.items():
+            if isinstance(value, torch.Tensor) and (not isinstance(theirs[key], torch.Tensor)
+                                                    or theirs[key].shape != value.shape):
+                return f"module {name}: {key} is {_shape(theirs[key])} in the checkpoint, {_shape(value)} in the model"
+    return problem
+
+
+def _optimizer_problem(name: str, optimizer: Any, saved: Any) -> Optional[str]:
+    """Parameter groups, their sizes and the parameter-shaped state against the optimiser."""
+    groups = optimizer.param_groups
+    if not isinstance(saved, Mapping) or not isinstance(saved.get("param_groups"), list):
+        return f"optimizer {name}: no parameter groups in the checkpoint"
+    if len(saved["param_groups"]) != len(groups):
+        return f"optimizer {name}: {len(saved['param_groups'])} parameter groups in the checkpoint, {len(groups)} here"
+    pairs = []
+    for i, (theirs, mine) in enumerate(zip(saved["param_groups"], groups)):
+        ids = theirs.get("params", []) if isinstance(theirs, Mapping) else []
+        if len(ids) != len(mine["params"]):
+            return f"optimizer {name}: group {i} has {len(ids)} parameters in the checkpoint, {len(mine['params'])} here"
+        pairs.extend(zip(ids, mine["params"]))
+    state = saved.get("state") or {}
+    for pid, param in pairs:
+        for key, value in (state.get(pid) or {}).items():
+            if key in PARAMETER_SHAPED and isinstance(value, torch.Tensor) and value.shape != param.shape:
+                return (f"optimizer {name}: {key} of parameter {pid} is {_shape(value)} in the checkpoint, "
+                        f"{_shape(param)} in the model")
+    return None
+
+
+def _generators_problem(generators: Mapping[str, Any], saved: Any, partial: bool) -> Optional[str]:
+    if not isinstance(saved, Mapping) or not all(k in saved for k in ("python", "numpy", "torch")):
+        return "no random states in the checkpoint"
+    if not isinstance(saved["torch"], torch.Tensor) or saved["torch"].shape != torch.get_rng_state().shape:
+        return f"torch random state is {_shape(saved['torch'])} in the checkpoint"
+    theirs = saved.get("generators") or {}
+    if not partial and set(theirs) != set(generators):
+        return f"generators {sorted(theirs)} in the checkpoint, {sorted(generators)} in the method"
+    for name, gen in generators.items():
+        kind = (theirs.get(name) or {}).get("kind") if name in theirs else None
+        if name in theirs and kind != ("torch" if isinstance(gen, torch.Generator) else "numpy"):
+            return f"generator {name} is a {kind} generator in the checkpoint, a {type(gen).__name__} here"
+    return None
+
+
+def restore_problem(phase: "Phase", saved: Any, finished: bool) -> Optional[str]:
+    """Why ``saved`` cannot be restored into ``phase`` (None when it fits), checked without
+    touching anything: modules, random generators, and for a phase in progress its optimisers
+    and schedulers."""
+    if not isinstance(saved, Mapping):
+        return f"its state is {type(saved).__name__}"
+    problem = (_modules_problem(phase.modules, saved.get("modules", {}))
+               or _generators_problem(phase.generators, saved.get("rng"), partial=finished))
+    if problem or finished:
+        return problem
+    problem = (_names_problem("optimizers", saved.get("optimizers"), phase.optimizers)
+               or _names_problem("schedulers", saved.get("schedulers"), phase.schedulers))
+    for name, optimizer in phase.optimizers.items():
+        problem = problem or _optimizer_problem(name, optimizer, saved["optimizers"][name])
+    return problem
+
+
 def _module_bytes(modules: Mapping[str, torch.nn.Module]) -> int:
     total = 0
     for module in modules.values():
@@ -97,6 +200,7 @@ class Checkpointing:
     seed: int = 0
     check_every_steps: int = 1  # how often a loss is checked for NaN (1 on CPU: free there)
     clock: Any = time.monotonic
+    threads: Optional[int] = None  # torch threads of this attempt (None: torch.get_num_threads())
     resumed: Optional[Header] = None  # the header this attempt resumed from
     steps_this_attempt: int = 0
     _saved: Optional[dict[str, Any]] = None  # the loaded checkpoint's state
@@ -107,6 +211,8 @@ class Checkpointing:
     _last_save: float = 0.0
     _attempt_started: float = 0.0
     _space_checked: bool = False
+    _touched: bool = False  # something of the checkpoint was restored, or ``finished`` said yes
+    _announced: bool = False  # "resuming from checkpoint" was said
     saves: int = 0  # checkpoints written by this attempt (the record's ``checkpoints``)
     save_seconds: float = 0.0
     last_bytes: int = 0
@@ -114,6 +220,15 @@ class Checkpointing:
 
     def __post_init__(self) -> None:
         self._last_save = self._attempt_started = self.clock()
+        if self.threads is None:
+            self.threads = torch.get_num_threads()
+
+    @property
+    def threads_attempts(self) -> list[int]:
+        """Torch threads of every attempt whose training this job's state holds, this one last
+        (the record's ``torch_threads_attempts``)."""
+        earlier = list(self.resumed.torch_threads_attempts) if self.resumed is not None else []
+        return [*earlier, int(self.threads)]
 
     @property
     def enabled(self) -> bool:
@@ -133,10 +248,18 @@ class Checkpointing:
         if found is None:
             return
         header, state = found
+        if not isinstance(state, Mapping) or not isinstance(state.get("finished", {}), Mapping):
+            self.file.reject("does not fit the model (it holds no training state)")
+            return
         self.resumed, self._saved = header, state
         self._finished = dict(state.get("finished", {}))
         self._from_earlier = set(self._finished)
-        log(f"resuming from checkpoint {self.file.path}: {header.describe()}")
+
+    def _resumed_once(self) -> None:
+        """Something of the checkpoint was used: say so, the first time."""
+        if not self._announced and self.resumed is not None:
+            self._announced = True
+            log(f"resuming from checkpoint {self.file.path}: {self.resumed.describe()}")
 
     # --- the API methods use ---------------------------------------------------------------------
     def phase(self, name: str, *, modules: Mapping[str, torch.nn.Module] | None = None,
@@ -147,16 +270,41 @@ class Checkpointing:
                       dict(generators or {}))
         if name in self._from_earlier:
             self._from_earlier.discard(name)
-            phase._restore(self._finished[name], finished=True)
-        elif self._saved is not None and self._saved.get("current", {}).get("name") == name:
-            phase._restore(self._saved["current"], finished=False)
+            self._restore(phase, self._finished[name], finished=True)
+        elif self._saved is not None and (self._saved.get("current") or {}).get("name") == name:
+            self._restore(phase, self._saved["current"], finished=False)
         self._current = None if phase.done else phase
         return phase
 
     def finished(self, name: str) -> bool:
         """Whether phase ``name`` finished in an earlier attempt (its inputs need not be built)."""
         self._load_once()
-        return name in self._from_earlier
+        if name in self._from_earlier:
+            self._touched = True  # the method acts on it: a later rejection needs a restart
+            self._resumed_once()
+            return True
+        return False
+
+    def _restore(self, phase: "Phase", saved: Any, finished: bool) -> None:
+        """Check, then restore; a checkpoint that does not fit is rejected (``_reject``)."""
+        problem = restore_problem(phase, saved, finished)
+        if problem is not None:
+            self._reject(f"does not fit the model (phase {phase.name}: {problem})")
+            return
+        self._touched = True
+        try:
+            phase._restore(saved, finished=finished)
+        except Exception as exc:  # noqa: BLE001 - whatever a restore raises, the checkpoint is the cause
+            self._reject(f"does not load into the model (phase {phase.name}: {one_line(exc)})")
+        self._resumed_once()
+
+    def _reject(self, reason: str) -> None:
+        """Move the checkpoint aside (one warning) and forget it. Nothing restored yet: this
+        attempt goes on as a fresh start; otherwise ``CheckpointRejected`` (start again)."""
+        self.file.reject(reason)
+        self.resumed, self._saved, self._finished, self._from_earlier = None, None, {}, set()
+        if self._touched:
+            raise CheckpointRejected(self.file.path, reason)
 
     def training_done(self) -> None:
         """Training is over: write the final checkpoint (every phase finished)."""
@@ -183,7 +331,7 @@ class Checkpointing:
             phase=cur.name if cur is not None else "", epoch=cur.epoch if cur is not None else 0,
             step=cur.step if cur is not None else 0, saved_at=now_iso(),
             fit_seconds_before=round(self.fit_seconds_before + (self.clock() - self._attempt_started), 3),
-            final=final,
+            final=final, torch_threads_attempts=self.threads_attempts,
         )
         started = time.perf_counter()
         if self.file.save(header, state):
