@@ -11,6 +11,9 @@ attributes, so the harness never special-cases a method:
   training sets of several categories).
 * ``precisions``: the ``--precision`` values it honours (bf16 needs its networks' forward
   passes in ``context.autocast()``).
+* ``pretrained_tags(config)`` and ``texture_source(config)``: the pretrained weights and the
+  anomaly texture set a configuration needs, so the runner checks both before any job
+  (``--weights`` / ``--textures``).
 
 The harness hands ``fit`` and ``predict`` images that already went through ``preprocess()``'s
 geometry (resize, optional centre crop) as float tensors in [0, 1]. Normalisation is the
@@ -23,12 +26,14 @@ labels or masks during ``fit``.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Optional
 
 import numpy as np
 import torch
 
+from adbench.components.textures import TextureSet, read_texture_set
 from adbench.config import MethodConfig
 from adbench.data import Batch, Preprocess
 from adbench.data.image_cache import DecodedImages, decode_training_images
@@ -152,6 +157,19 @@ def profile_allows_random_weights(profile: str) -> bool:
     return str(profile).startswith("quick")
 
 
+def profile_allows_procedural_textures(profile: str) -> bool:
+    """Like weights: only ``quick*`` profiles may draw anomaly textures procedurally when no
+    texture set is given (with a note); every other profile whose recipe pastes DTD images
+    (``paper``, ``miad``, ``convnext`` ...) stops before any job instead."""
+    return profile_allows_random_weights(profile)
+
+
+def check_texture_set(folder: str) -> TextureSet:
+    """The run's texture set (``--textures``), checked before any job: a DTD-layout folder whose
+    every image decodes (``adbench.components.textures.read_texture_set``; one-line DataError)."""
+    return read_texture_set(folder)
+
+
 class Detector(abc.ABC):
     """Base class of all methods. Subclasses register with ``@register_method("name")``."""
 
@@ -200,6 +218,32 @@ class Detector(abc.ABC):
         if not backbone or not getattr(config, "pretrained", True):
             return []
         return [str(backbone)]
+
+    @classmethod
+    def check_protocol(cls, config: MethodConfig, training_categories: list[str], profile: str) -> None:
+        """Called before any job with the categories one job of the run trains on (one under
+        ``--protocol single``, all of them under ``unified``). A recipe that prescribes a
+        protocol (UniAD's ``miad`` profile trains unified) raises a ConfigError when the run
+        contradicts it, so the run stops up front instead of failing every job. Default: any."""
+
+    @classmethod
+    def texture_source(cls, config: MethodConfig) -> Optional[str]:
+        """Where this configuration's synthetic anomalies take their textures from, so the
+        runner can check it before any job: ``"dtd"`` (a texture image set, ``--textures DIR``;
+        required unless the profile allows procedural textures), ``"procedural"`` (chosen
+        explicitly: a note), or None (the configuration pastes no textures). Default: None. A
+        configuration the runner must refuse (a folder written into it instead of
+        ``--textures``) raises a ConfigError here."""
+        return None
+
+    @classmethod
+    def with_textures(cls, config: MethodConfig, textures: TextureSet) -> MethodConfig:
+        """``config`` bound to the run's checked texture set (the runner calls it for every
+        configuration whose ``texture_source`` is ``"dtd"``). Default: the conventional
+        ``anomaly_source`` field takes ``textures.spec`` (the folder, its fingerprint and its
+        number of images); the method's config hash should keep the fingerprint and leave the
+        folder out (``adbench.components.textures.location_free``)."""
+        return dataclasses.replace(config, anomaly_source=textures.spec)
 
     def pretrained_backbone(self, model_name: str, layers, *, frozen: bool = True):
         """The shared timm feature extractor, under this job's weights policy

@@ -33,6 +33,8 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 EXECUTORS = ("local", "ray")
 #: seeds feed numpy's legacy global generator (``np.random.seed``), whose seeds are 32-bit
 MAX_SEED = 2**32 - 1
+#: where a run finds its anomaly texture set when ``--textures`` is not given
+TEXTURES_ENV = "ADBENCH_TEXTURES_DIR"
 
 
 @dataclass(frozen=True)
@@ -155,9 +157,11 @@ def check_weights(weights: Optional[str]) -> Optional[str]:
     return str(path.resolve())
 
 
-#: free space a run needs in --workdir and the checkpoint folder before it starts (one quick
-#: job's spill files or checkpoint are a few MiB; paper jobs check again for their real size)
-MIN_FREE_WORK_BYTES = 64 * 2**20
+#: free space a run needs in --workdir and the checkpoint folder before it starts, as for the
+#: results folder (``adbench.results.store.MIN_FREE_BYTES``): a quick job's spill files or
+#: checkpoint are a few MiB, and larger ones check their real size when they are written
+#: (checkpoints warn and go on without; a spilled cache reserves its blocks or says "disk full")
+MIN_FREE_WORK_BYTES = 16 * 2**20
 
 
 def check_workdir(workdir: Optional[str]) -> Optional[str]:
@@ -235,6 +239,12 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("results", ("--results",), default="results", show_default=True, help="Results folder (records)."),
     Option("weights", ("--weights",), check=check_weights, in_job=True,
            help="Backbone weights: a file, or 'random' (tests)."),
+    Option("textures", ("--textures",), path="dir", check=absolute_path, in_job=True, metavar="DIR",
+           help=f"Anomaly texture set: a DTD copy (images/<class>/*.jpg) [default: ${TEXTURES_ENV}]. DRAEM's "
+                f"paper/miad and ToCoAD's paper/convnext profiles paste its images into their synthetic "
+                f"anomalies and need it; it is checked before any job, and jobs are keyed by its content "
+                f"(sha256 of names and sizes), not its folder. quick profiles without it draw procedural "
+                f"textures."),
     Option("device", ("--device",), default="auto", show_default=True, in_job=True,
            help="auto, cpu, cuda (every visible GPU) or cuda:N."),
     Option("plugins", ("--plugin",), multiple=True, default=(), metavar="MODULE", in_job=True,

@@ -19,7 +19,10 @@ The method module (``methods/tocoad.py``) then builds the PatchCore memory bank 
 
 Synthetic anomalies are drawn where the batches are made: in the job's DataLoader workers
 (``adbench.data`` input pipeline), image ``i`` of epoch ``e`` of a stage from ``sample_rng(seed, stage, e, i)``,
-so neither the number of workers nor a resume changes a batch.
+so neither the number of workers nor a resume changes a batch. G's Perlin anomalies paste images
+of the run's texture set (``--textures``, bound into ``cfg.anomaly_source`` by the runner with
+its fingerprint, which ``TextureSource`` checks again in the job) or, where no set is used
+(``quick`` without one, ``anomaly_source=procedural``), procedural textures (issue 24).
 """
 from __future__ import annotations
 
@@ -206,7 +209,9 @@ class ToCoADTrainer:
                               concat=cfg.contrastive_concat, mode=cfg.contrastive, ema=cfg.byol_ema).to(device)
         self.views: Optional[SimSiamViews] = None
         self.F_target = None  # BYOL's EMA copy of F, made when stage II starts
-        texture = TextureSource(cfg.anomaly_source) if cfg.anomaly_source else TextureSource(None)
+        # the run's texture set as the runner bound it (--textures: folder + fingerprint, checked
+        # again here), or procedural textures (anomaly_source None outside a run, "procedural")
+        texture = TextureSource(cfg.anomaly_source if self.with_dnp and cfg.generator == "perlin" else None)
         a, b = parse_ratio(cfg.synthetic_ratio)
         self.G = AnomalyGenerator(cfg.generator, texture, cfg.rotate_degrees, cfg.rotate90, a / (a + b),
                                   cfg.patch_source, cfg.patch_transform, cutout_fill=cfg.cutout_fill)

@@ -79,6 +79,10 @@ model's translation: the trainer never translates crops), ``embed_batch_size`` (
 embedded in chunks of ``patch_batch_size``), ``feature_level`` and ``ensemble`` are read by the
 image-level model only, on top of the image-level model's own rules. ``gde_l2_normalize`` is
 read: it L2-normalises the patch embeddings for the patch GDEs as it does for the image GDE.
+``aligned_categories`` is read by ``gde_mode=auto`` only (an explicit ``shared`` or
+``per_location`` never asks which categories are aligned), ``shared_gde_max_patches`` by a
+shared GDE only (``gde_mode=per_location`` keeps every patch of its locations); set under the
+other modes they are errors (issue 24: they were accepted there without effect).
 
 Memory: per-location GDEs store the n centred training embeddings per location (Woodbury form,
 see ``adbench.components.gde``): 57*57 x n x 512 floats (1.4 GB for bottle's 209 images).
@@ -134,6 +138,10 @@ class CutPastePatchConfig(CutPasteConfig):
         out = dict(super().inert_options())
         for name, why in PATCH_INERT.items():
             out.setdefault(name, why)
+        if self.gde_mode != "auto":  # only auto's fallback reads the list (_aligned)
+            out["aligned_categories"] = f"gde_mode={self.gde_mode} is set explicitly (only gde_mode=auto reads it)"
+        if self.gde_mode == "per_location":  # only a shared GDE subsamples patches (fit)
+            out["shared_gde_max_patches"] = "gde_mode=per_location fits one GDE per location on every patch"
         return out
 
     def validate(self) -> None:

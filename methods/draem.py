@@ -71,9 +71,21 @@ Where each value comes from:
   none, with no ``lr_milestones`` ``lr_gamma`` has none and with ``lr_gamma=1`` the milestones
   have none: a non-default value of such an option is a ConfigError. ``texture_ops`` larger
   than the pool, probabilities outside [0, 1] and milestones outside (0, 1) are errors too.
-* Anomaly source: ``--set anomaly_source=DIR`` (the paper uses DTD); without it procedural
-  textures from ``adbench.components.textures`` (not DTD, so numbers are not directly
-  comparable with the paper's), and ``record_extras()["anomaly_source"]`` says which.
+* Anomaly source (issue 24): the paper pastes Describable Textures Dataset (DTD) images, so
+  the ``paper`` and ``miad`` profiles need a DTD copy, given like weights: ``--textures DIR``
+  (or ``$ADBENCH_TEXTURES_DIR``), DTD's ``images/<class>/*.jpg`` layout. The runner checks it
+  before any job (folder, layout, every image decodes) and stops a run without it with one
+  exit-2 line naming the method and the profile; until issue 24 such a run silently pasted
+  procedural textures instead, which changes the recipe. ``quick`` without ``--textures`` and
+  an explicit ``--set anomaly_source=procedural`` draw procedural textures
+  (``adbench.components.textures``; not DTD, numbers not comparable with the paper's) with a
+  note once per run. ``anomaly_source`` takes only ``procedural``: a folder goes through
+  ``--textures`` (``texture_source`` refuses one written into the config), which binds the set
+  into the job's config (``TextureSet.spec``); the config hash keeps the set's fingerprint
+  (sha256 of its sorted relative names and sizes) and image count, not its folder
+  (``config_hash``), so the same copy elsewhere is the same job and another set another job.
+  The job checks that its folder still holds that set; ``record_extras()`` states
+  ``anomaly_source`` and ``texture_set`` (source, fingerprint, image count).
 """
 from __future__ import annotations
 
@@ -90,6 +102,7 @@ from tqdm import tqdm
 from adbench.components.losses import focal_loss, ssim_loss
 from adbench.components.step_budget import effective_epochs
 from adbench.components.synth import TextureSource, numpy_rng, perlin_texture_anomaly
+from adbench.components.textures import location_free, requested_source
 from adbench.config import MethodConfig
 from adbench.data import Batch
 from adbench.data.batch_stream import BatchStream, per_sample, to_device
@@ -111,7 +124,9 @@ class DRAEMConfig(MethodConfig):
     lr_gamma: float = 0.2
     recon_width: int = 128
     disc_width: int = 64
-    anomaly_source: Optional[str] = None  # texture folder (DTD in the paper); None = procedural
+    # None: the run's texture set (--textures DIR, DTD in the paper; quick without one:
+    # procedural); "procedural": procedural textures. The runner binds --textures in here.
+    anomaly_source: Optional[str] = None
     anomaly_prob: float = 0.5  # share of training samples that get an anomaly
     beta_max: float = 0.8  # beta ~ U[0, beta_max): weight of the normal image inside the mask
     rotate_prob: float = 0.3
@@ -134,6 +149,11 @@ class DRAEMConfig(MethodConfig):
         if any(not 0.0 < f < 1.0 for f in self.lr_milestones):
             raise ConfigError(f"--set lr_milestones={','.join(map(str, self.lr_milestones))}: fractions of "
                               "the epochs, each in (0, 1)")
+
+    def config_hash(self) -> str:
+        """The resolved values' hash with a bound texture set's fingerprint and image count in
+        place of its folder (``adbench.components.textures.location_free``)."""
+        return MethodConfig.config_hash(location_free(self))
 
     def inert_options(self) -> dict[str, str]:
         """Options this configuration does not read, with the reason (no silent options;
@@ -475,6 +495,12 @@ class DRAEM(Detector):
     protocols = ("single", "unified")
     precisions = ("fp32", "tf32", "bf16")  # networks run in context.autocast()
 
+    @classmethod
+    def texture_source(cls, config: DRAEMConfig) -> Optional[str]:
+        """``dtd`` (the run's texture set) unless ``anomaly_source=procedural``; None without
+        synthetic anomalies (``anomaly_prob=0``)."""
+        return None if config.anomaly_prob == 0 else requested_source(config.anomaly_source)
+
     def __init__(self, config: DRAEMConfig, context=None):
         super().__init__(config, context)
         c = self.config
@@ -566,6 +592,7 @@ class DRAEM(Detector):
     def record_extras(self) -> dict:
         return {
             "anomaly_source": self.source.description,
+            "texture_set": self.source.facts(),
             "epochs_run": self.epochs_run,
             "final_train_loss": self.loss_history[-1] if self.loss_history else None,
         }

@@ -20,7 +20,15 @@
 Where values come from (``paper`` profile): backbone, layers, 3x3 aggregation, 1024/1024 dims,
 10 % coreset with 128-d projection and 10 starts, k = 1, sigma 4 and resize 256 / crop 224 are
 the paper's and the official code's (github.com/amazon-science/patchcore-inspection, MVTec
-setting). The official code has no image-score re-weighting at all: its image score is the
+setting). The coreset is the official selection (``coreset_true_distance=false``): the official
+``ApproximateGreedyCoresetSampler`` (``src/patchcore/sampler.py``) projects with a
+``Linear(D, 128)``, starts from the mean distance to 10 random points and ranks every
+candidate by its distance *in the projected space*, which is what
+``components.coreset.approximate_greedy_coreset(..., proj_dim=128, num_starts=10,
+true_distance=False)`` selects (a Gaussian projection instead of ``nn.Linear``'s uniform
+initialisation; ``ceil`` instead of ``int`` for the coreset size). Until issue 24 ``paper``
+ranked by original-space distances (``coreset_true_distance=true``, our variant, below), which
+is not what the paper ran. The official code has no image-score re-weighting at all: its image score is the
 maximum patch score (``src/patchcore/patchcore.py``, ``PatchMaker.score``). Eq. 7 is in the
 paper only, and among implementations in anomalib (see ``miad``); the ``paper`` profile
 follows the official code (``reweight=false``).
@@ -68,13 +76,14 @@ torchvision's V1 weights (``torchvision.models.wide_resnet50_2(pretrained=True)`
 ``count_include_pad=True`` (``--set pool_count_include_pad=true``) and score images with an
 ad-hoc rule (``anomaly_map.py``: 9-NN of every test patch; w = 1 - max(exp(d)) / sum(exp(d))
 over the most anomalous patch's own 9 nearest-neighbour distances; s = w * s*;
-``--set reweight_rule=anomalib_030``). The coreset sampler stays ours in ``miad``: anomalib's
+``--set reweight_rule=anomalib_030``). The coreset sampler in ``miad`` is the official one
+(``paper``'s: dense 128-d projection, 10 starts, ranking in the projected space); anomalib's
 (``components/sampling/k_center_greedy.py``: sparse random projection with eps 0.9, i.e.
 int(4 ln N / (eps^2/2 - eps^3/3)) dims for N candidates, 352 for 2,000 images at 224 px; one
-random start; ranking in the projected space) differs from the official one (dense 128-d
-projection, 10 starts) and from ours (also true-distance ranking: better coverage, measured
-below). ``--set coreset_proj_dim=352 --set coreset_starts=1 --set coreset_true_distance=false``
-comes closest to anomalib's (a dense instead of a sparse projection).
+random start) also ranks in the projected space but differs in those two settings:
+``--set coreset_proj_dim=352 --set coreset_starts=1`` comes closest to anomalib's (a dense
+instead of a sparse projection). (Before issue 24 ``miad`` inherited ``paper``'s
+true-distance ranking, further from anomalib's.)
 Pre-processing: anomalib resizes with OpenCV's bilinear (albumentations ``Resize``), this
 harness with its shared ``Preprocess``; faiss instead of ``torch.cdist``; float16 storage (below).
 
@@ -87,11 +96,12 @@ one-line ``ConfigError`` when set to anything but its default
 
 Deviations, all documented choices rather than accidents:
 * Coreset selection uses lazy block updates that pick exactly the flat greedy's centres at a
-  fraction of its cost. By default (``coreset_true_distance``) the 128-d projection only finds
-  each candidate's nearest centre and the candidate is ranked by its original-space distance
-  to it: the coverage radius on bottle embeddings is 1.017x exact greedy k-center instead of
-  the official selection's 1.10x (benchmarks/bench_coreset.py), at about twice the (small)
-  selection cost. ``--set coreset_true_distance=false`` gives the official selection.
+  fraction of its cost. ``--set coreset_true_distance=true`` (our variant, the ``quick``
+  profile's) lets the 128-d projection only find each candidate's nearest centre and ranks the
+  candidate by its original-space distance to it: the coverage radius on bottle embeddings is
+  1.017x exact greedy k-center instead of the official selection's 1.10x
+  (benchmarks/bench_coreset.py), at about twice the (small) selection cost. The default
+  (``paper``, ``miad``) is the official selection.
   Above ``coreset_flat_max`` candidates (10k-image MIAD categories) it switches to a
   two-level greedy over chunks of ``coreset_chunk`` patches: every patch stays a candidate,
   embeddings stream to a float16 file. Measured with benchmarks/bench_patchcore_scale.py on
@@ -109,7 +119,11 @@ Deviations, all documented choices rather than accidents:
   differ far more than that).
 * ``quick`` profile: tf_efficientnet_lite0 (real ImageNet weights offline), same layers
   (indices 2 and 3 = strides 8 and 16, 40 and 112 channels), same geometry, 10 % coreset: lite0
-  is cheap enough on a CPU that nothing else needs to shrink.
+  is cheap enough on a CPU that nothing else needs to shrink. It keeps the true-distance
+  ranking (``coreset_true_distance=true``) it had before ``paper`` moved to the official
+  selection: its coverage is closer to exact k-center at a cost that is small on a CPU, and the
+  quick records in results/ and the README's demo numbers were made with it (the same
+  configuration, hence the same config hash).
 """
 from __future__ import annotations
 
@@ -153,7 +167,9 @@ class PatchCoreConfig(MethodConfig):
     coreset_ratio: float = 0.1
     coreset_proj_dim: int = 128  # 0 (or >= embedding dim): no projection, exact greedy k-center
     coreset_starts: int = 10
-    coreset_true_distance: bool = True  # rank candidates by original-space distance (coreset.py)
+    # false: the official selection (ranking in the projected space); true: by original-space
+    # distance to the projected-nearest centre (components/coreset.py; quick profile)
+    coreset_true_distance: bool = False
     coreset_mode: Literal["auto", "flat", "two_level", "none"] = "auto"
     coreset_flat_max: int = 1_000_000
     coreset_chunk: int = 100_000
@@ -212,7 +228,7 @@ class PatchCore(Detector):
     Config = PatchCoreConfig
     PROFILES = {
         "paper": {},
-        "quick": {"backbone": "tf_efficientnet_lite0.in1k"},
+        "quick": {"backbone": "tf_efficientnet_lite0.in1k", "coreset_true_distance": True},
         # MIAD appendix A.2.2 + anomalib v0.3.7 defaults (module docstring)
         "miad": {
             "image_size": 224,

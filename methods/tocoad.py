@@ -19,20 +19,26 @@ II. Negative-guided contrastive learning (NCL, Sec. 3.2): D frozen; F fine-tuned
 III. Inference (Sec. 3.3) IS PatchCore on the fine-tuned F: this class subclasses
     ``methods.patchcore.PatchCore`` and only swaps its frozen backbone for F, so the layer-2+3
     aggregation, coreset (10 %), faiss search and map are literally PatchCore's code. The patch
-    score is eq. 8-9 applied to *every* patch: with c* the bank entry nearest to patch p and
-    N_b(c*) the b = 9 bank entries nearest to c* (c* included, as anomalib's implementation
-    of PatchCore's eq. 7 does; the paper does not say), ``s = (1 - exp(s') / sum_{c' in N_b(c*)} exp(|p - c'|)) * s'`` (log-sum-exp); the
+    score after training (stages ``both`` and ``ncl``) is eq. 8-9 applied to *every* patch:
+    with c* the bank entry nearest to patch p and N_b(c*) the b = 9 bank entries nearest to c*
+    (c* included, as anomalib's implementation of PatchCore's eq. 7 does; the paper does not
+    say), ``s = (1 - exp(s') / sum_{c' in N_b(c*)} exp(|p - c'|)) * s'`` (log-sum-exp); the
     image score is the maximum patch score; the map is PatchCore's (bilinear upsampling of the
     patch scores, Gaussian sigma 4). ``reweight_per_patch=false`` hands scoring to PatchCore
-    (nearest distance per patch, its ``reweight`` / ``num_neighbors`` options).
+    (nearest distance per patch, its ``reweight`` / ``num_neighbors`` options); by default
+    ``reweight_per_patch`` follows ``stages``: true with training, false with ``stages=none``.
 
 Switches, one per ablation row of the paper (each reachable with ``--set``):
-* Table 5 ``stages``: ``none`` (no DNP, no NCL: the ImageNet F, PatchCore's bank and code;
-  scores are eq. 8-9's by default, since the ablation removes the training, not the scoring;
-  with ``reweight_per_patch=false`` they are exactly ``methods.patchcore.PatchCore``'s with
-  the same settings, scores and maps, which tests/test_tocoad.py asserts, also with PatchCore's
-  ``reweight=true``), ``ncl`` (NCL without D, i.e. L_sym only, "trained with only normal
-  augmented samples"; no D is built), ``both`` (default).
+* Table 5 ``stages``: ``none`` (no DNP, no NCL: the ImageNet F, PatchCore's bank and code),
+  ``ncl`` (NCL without D, i.e. L_sym only, "trained with only normal augmented samples"; no D
+  is built), ``both`` (default). ``stages=none`` IS ``methods.patchcore.PatchCore`` with the
+  same settings (identical scores and maps; tests/test_textures_input.py and
+  tests/test_tocoad.py assert it, also with PatchCore's ``reweight=true``): the paper's
+  "without DNP and NCL" row is a PatchCore-like network, so ``reweight_per_patch``, left unset
+  (None), follows ``stages`` (false with ``none``, true with ``ncl`` and ``both``, as before).
+  Until issue 24 ``stages=none`` kept eq. 8-9 by default and equalled PatchCore only with
+  ``--set reweight_per_patch=false``; ``--set reweight_per_patch=true`` still gives that
+  variant (eq. 8-9 on ImageNet features).
 * Table 4 ``contrastive_layers``: 4 / 2,3 / 2,4 / 2,3,4 / 3,4 (default).
 * Table 6 ``lam`` x ``neg_loss``: every row is ``--set generator=cutpaste --set lam=L --set
   neg_loss=focal|ce`` with L in 0.1, 0.2, 0.5, 0.8, 0.9 (the paper ran its ablations with
@@ -80,8 +86,19 @@ Where each value comes from:
   - Slight rotation: U(-10, 10) degrees (the paper only says "slight").
   - Every training image gets an anomaly (eq. 1: T_G = G(I_i) for all i): ``synthetic_ratio
     1:0``; Perlin masks are redrawn until non-empty. Seed 000's 1:1 (and 1:2, 2:1) are options.
-  - Anomaly source: ``--set anomaly_source=DIR`` (DTD in the paper); default procedural
-    textures from adbench (recorded), so numbers are not directly comparable with the paper's.
+  - Anomaly source (issue 24): the paper pastes DTD images (Sec. 3.1, ref. [50]), so the
+    ``paper`` and ``convnext`` profiles (stages=both, generator=perlin) need a DTD copy, given
+    like weights: ``--textures DIR`` (or ``$ADBENCH_TEXTURES_DIR``), DTD's
+    ``images/<class>/*.jpg`` layout, checked before any job; without it the run stops with one
+    exit-2 line naming the method and profile (until issue 24 it silently pasted procedural
+    textures). ``quick`` without ``--textures`` and ``--set anomaly_source=procedural`` draw
+    procedural textures with a note (not DTD: numbers not comparable with the paper's).
+    ``anomaly_source`` takes only ``procedural``; the runner binds the set into it, and the
+    config hash keeps the set's fingerprint (sha256 of its sorted relative names and sizes)
+    and image count, not its folder (``ToCoADConfig.config_hash``). Records state
+    ``anomaly_source`` and ``texture_set`` (fingerprint, image count). G's rule is DRAEM's:
+    ``I_G = (1 - M) I_R + M ((1 - beta) A + beta I_R)``, beta ~ U[0, 0.8), on the rotated image
+    I_R (``synth.perlin_texture_anomaly``).
 * Seed 000 extensions (a related augmented-patch method's supplement; all off in ``paper``):
   - ``convnext`` profile: backbone ``convnext_tiny.fb_in1k``. Seed 000 says "pre-trained
     ConvNeXt" of several sizes without naming weights; fb_in1k is the original ConvNeXt
@@ -118,6 +135,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from adbench.components.blur import gaussian_blur
+from adbench.components.textures import location_free, requested_source
+from adbench.config import MethodConfig
 from adbench.methods._tocoad_training import ToCoADTrainer, parse_ratio
 from adbench.data import Batch
 from adbench.detector import Prediction
@@ -130,7 +149,9 @@ from adbench.methods.patchcore import PatchCore, PatchCoreConfig
 class ToCoADConfig(PatchCoreConfig):
     # switches of Table 5: none = no training (PatchCore's bank), ncl = NCL only (L_sym), both
     stages: Literal["none", "ncl", "both"] = "both"
-    reweight_per_patch: bool = True  # eq. 8-9 on every patch (b = reweight_b); false: PatchCore's scoring
+    # eq. 8-9 on every patch (b = reweight_b); false: PatchCore's scoring; None (unset): follows
+    # stages, false with none (which then IS PatchCore), true with ncl and both
+    reweight_per_patch: Optional[bool] = None
     # stage I (DNP)
     dnp_decoder: Literal["inverse", "light"] = "inverse"  # D: inverse ResNet (Sec. 4.1) or the light decoder
     dnp_layers: tuple[int, ...] = (1, 2, 3)
@@ -141,6 +162,8 @@ class ToCoADConfig(PatchCoreConfig):
     dnp_milestones: tuple[int, ...] = (80, 90)
     dnp_gamma: float = 0.2
     generator: Literal["perlin", "cutpaste", "nsa", "patch", "cutout"] = "perlin"
+    # None: the run's texture set (--textures DIR, DTD in the paper; quick without one:
+    # procedural); "procedural": procedural textures. The runner binds --textures in here.
     anomaly_source: Optional[str] = None
     patch_source: Literal["same", "other"] = "same"
     patch_transform: Literal["jitter", "pepper", "none"] = "jitter"
@@ -169,7 +192,14 @@ class ToCoADConfig(PatchCoreConfig):
         parent = getattr(super(), "__post_init__", None)
         if parent is not None:  # PatchCore's own checks, where it has them
             parent()
+        if self.reweight_per_patch is None:  # follows stages: stages=none is PatchCore
+            self.reweight_per_patch = self.stages != "none"
         check_config(self)
+
+    def config_hash(self) -> str:
+        """The resolved values' hash with a bound texture set's fingerprint and image count in
+        place of its folder (``adbench.components.textures.location_free``)."""
+        return MethodConfig.config_hash(location_free(self))
 
     def inert_options(self) -> dict[str, str]:
         """PatchCore's rules for the memory bank, then ToCoAD's own (``inert_rules``): its
@@ -276,6 +306,9 @@ class ToCoAD(PatchCore):
             "dnp_epochs": 2,
             "ncl_epochs": 2,
             "steps_per_epoch": 5,
+            # PatchCore's quick bank (true-distance ranking); paper/convnext use the official
+            # selection PatchCore's paper profile now has (issue 24)
+            "coreset_true_distance": True,
         },
         "convnext": {
             "backbone": "convnext_tiny.fb_in1k",
@@ -288,6 +321,15 @@ class ToCoAD(PatchCore):
     }
     produces_maps = True
     protocols = ("single",)
+
+    @classmethod
+    def texture_source(cls, config: ToCoADConfig) -> Optional[str]:
+        """``dtd`` (the run's texture set) for G's Perlin anomalies unless
+        ``anomaly_source=procedural``; None when G pastes no texture (stages none / ncl, or
+        another generator)."""
+        if config.stages != "both" or config.generator != "perlin":
+            return None
+        return requested_source(config.anomaly_source)
 
     def __init__(self, config: ToCoADConfig, context=None):
         super().__init__(config, context)  # PatchCore: validation, aggregator, bank fields
@@ -346,7 +388,10 @@ class ToCoAD(PatchCore):
 
     # --- scoring: eq. 8-9 on every patch ----------------------------------------------------
     def patch_scores(self, queries: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-        """[Q, D] patch embeddings -> [Q] re-weighted scores s_t (eq. 8-9)."""
+        """[Q, D] patch embeddings -> [Q] re-weighted scores s_t (eq. 8-9); N_b is computed on
+        first use where ``fit`` did not (``reweight_per_patch=false`` scores with PatchCore)."""
+        if self.support is None:
+            _, self.support = self.knn.search(self.bank, k=min(int(self.config.reweight_b), int(self.bank.shape[0])))
         dist, idx = self.knn.search(queries, k=1)
         s_prime, nearest = dist[:, 0], idx[:, 0]
         out = torch.empty_like(s_prime)
@@ -394,6 +439,8 @@ class ToCoAD(PatchCore):
             "l_sym": f"eq. 5, M={cfg.ncl_views}, mean over {len(cfg.contrastive_layers)} layer head(s)",
             "anomaly_source": (self.trainer.G.texture.description
                                if cfg.stages == "both" and cfg.generator == "perlin" else None),
+            "texture_set": (self.trainer.G.texture.facts()
+                            if cfg.stages == "both" and cfg.generator == "perlin" else None),
             "scoring": (f"eq8-9 per patch, b={cfg.reweight_b}" if cfg.reweight_per_patch
                         else f"patchcore (reweight={cfg.reweight}, num_neighbors={cfg.num_neighbors})"),
             "ncl_lr_choice": "SimSiam linear scaling 0.05*16/256",

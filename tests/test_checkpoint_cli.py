@@ -49,9 +49,10 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_uninterrupted(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     ckpt_dir = results / ".checkpoints"
     deadline = time.time() + 300
-    while time.time() < deadline and not list(ckpt_dir.rglob("*.ckpt.json")):
-        time.sleep(0.05)
-    time.sleep(0.3)
+    while time.time() < deadline and proc.poll() is None and not list(ckpt_dir.rglob("*.ckpt.json")):
+        time.sleep(0.02)
+    # kill the whole run the moment its first checkpoint's header exists (the header is written
+    # after the checkpoint itself): no sleep whose length a loaded machine could make too long
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(30)
     headers = [json.loads(p.read_text()) for p in ckpt_dir.rglob("*.ckpt.json")]

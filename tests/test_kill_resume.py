@@ -58,6 +58,18 @@ def test_sigkill_mid_grid_then_resume(tmp_path):
     assert "| obj_b" in resumed.stdout and "| tex_a" in resumed.stdout
 
 
+def as_a_terminal_starts_it() -> None:
+    """``preexec_fn`` of a run that models an interactive Ctrl-C: SIGINT at its default action.
+
+    Issue 27: a test suite started in the background of a non-interactive shell (``pytest &``
+    in a script, ``nohup``, some CI runners) inherits SIGINT *ignored*, and POSIX passes that on
+    through fork and exec. Python then installs no KeyboardInterrupt handler, so the run, its
+    job server and its jobs all ignored the test's SIGINT and finished (exit 0). A shell with job
+    control starts a foreground command with SIGINT at its default action, which is what a
+    user's Ctrl-C meets; a run the user deliberately started ignoring SIGINT keeps ignoring it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_keeps_finished_jobs(tmp_path):
     """SIGINT to the run's process group (what Ctrl-C does) while the second job trains:
     exit 130, a one-line message, the first job's record kept, no temporary file."""
@@ -65,7 +77,7 @@ def test_ctrl_c_keeps_finished_jobs(tmp_path):
     results = tmp_path / "res"
     env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "ADBENCH_KIT_INT_ON": "obj_c"}
     out = subprocess.run(_kit_run(data, results), env=env, capture_output=True, text=True,
-                         start_new_session=True, timeout=300)
+                         start_new_session=True, preexec_fn=as_a_terminal_starts_it, timeout=300)
     assert out.returncode == 130, out.stderr
     assert "interrupted: finished jobs are stored" in out.stderr and "Traceback" not in out.stderr
     files = [p.name for p in results.rglob("*") if p.is_file()]
@@ -101,9 +113,8 @@ def _kill_cli_while_jobs_hang(tmp_path: Path, categories: tuple[str, ...], *extr
         assert len(pids) == len(categories), f"expected {len(categories)} job(s) hanging in fit, saw {pids}"
         proc.kill()
         proc.wait(30)
-        for _ in range(100):
-            if not any(_alive(pid) for pid in pids):
-                break
+        deadline = time.time() + 120  # a condition to wait for, bounded generously for a loaded machine
+        while time.time() < deadline and any(_alive(pid) for pid in pids):
             time.sleep(0.2)
         assert not any(_alive(pid) for pid in pids), "a job process outlived its run"
     finally:

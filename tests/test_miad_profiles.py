@@ -62,12 +62,12 @@ OFFICIAL = {
     # zhiyuanyou/UniAD experiments/MVTec-AD/config.yaml
     "uniad": {"hidden_dim": 256, "heads": 8, "encoder_layers": 4, "decoder_layers": 4, "ff_dim": 1024,
               "dropout": 0.1, "neighbour_size": 7, "jitter_scale": 20.0, "grad_clip": 0.1, "score_pool": 16,
-              "blur_sigma": 0.0},
+              "blur_sigma": 0.0, "recipe_protocol": "unified"},
 }
 
 # The only fields where ``miad`` differs from ``paper`` (each method's docstring says why).
 DIFFERS_FROM_PAPER = {"fastflow": {}, "draem": {"augmenter_pool": ("paper7", "official10")}, "autoencoder": {},
-                      "uniad": {}}
+                      "uniad": {"recipe_protocol": ("any", "unified")}}
 
 
 def _resolve(method: str, profile: str):
@@ -120,12 +120,25 @@ def test_method_all_with_profile_miad_runs_the_six_and_notes_the_others(tmp_path
     from adbench.errors import ConfigError
     from adbench.run.runner import RunOptions, plan_run
 
+    from PIL import Image
+
     data = adbench_testkit.make_kit_data(tmp_path / "data", categories=("obj_b",))
+    textures = tmp_path / "dtd" / "images" / "banded"  # DRAEM's miad recipe pastes DTD textures (issue 24)
+    textures.mkdir(parents=True)
+    Image.new("RGB", (16, 16), (200, 40, 40)).save(textures / "banded_0001.jpg")
     opts = RunOptions(method="all", dataset="kitgen", data_root=str(data), profile="miad", weights="random",
-                      plugins=["adbench_testkit"], results=str(tmp_path / "res"), progress=False)
+                      plugins=["adbench_testkit"], results=str(tmp_path / "res"), progress=False,
+                      textures=str(tmp_path / "dtd"))
     plan = plan_run(opts)
+    # UniAD's miad recipe trains unified (issue 24): under the default --protocol single it is
+    # skipped with a note saying how to run it; --protocol unified runs it
     assert sorted({job.method for job in plan.jobs}) == sorted(
-        ["autoencoder", "draem", "fastflow", "patchcore", "reverse_distillation", "uniad"])
+        ["autoencoder", "draem", "fastflow", "patchcore", "reverse_distillation"])
+    assert any(n.startswith("skipping uniad: uniad --profile miad trains one model over every category")
+               for n in plan.notes)
+    unified = plan_run(RunOptions(**{**opts.__dict__, "protocol": "unified"}))
+    assert sorted({job.method for job in unified.jobs}) == ["uniad"]
+    plan.notes = [n for n in plan.notes if not n.startswith("skipping uniad")]
     skipped = sorted(n.split(":")[0] for n in plan.notes if n.startswith("skipping "))
     assert skipped == sorted(f"skipping {m}" for m in ("cutpaste", "cutpaste_patch", "feature_gaussian", "kit_mean", "kit_trained",
                                                       "kit_scoreonly", "mean_image", "tocoad"))

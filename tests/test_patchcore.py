@@ -298,8 +298,8 @@ def test_map_upsample_and_reweight_rule_change_only_maps_or_scores(tmp_path):
         ({"coreset_ratio": 1.0, "coreset_proj_dim": 64}, "coreset_proj_dim"),
         ({"coreset_mode": "flat", "coreset_chunk": 10}, "coreset_chunk"),
         ({"coreset_mode": "two_level", "coreset_flat_max": 10}, "coreset_flat_max"),
-        ({"coreset_proj_dim": 0, "coreset_true_distance": False}, "coreset_true_distance"),
-        ({"coreset_proj_dim": 1024, "coreset_true_distance": False}, "coreset_true_distance"),
+        ({"coreset_proj_dim": 0, "coreset_true_distance": True}, "coreset_true_distance"),  # paper default: false
+        ({"coreset_proj_dim": 1024, "coreset_true_distance": True}, "coreset_true_distance"),
         ({"aggregation": "anomalib", "target_embed_dim": 512}, "target_embed_dim"),
         ({"pool_count_include_pad": True}, "pool_count_include_pad"),
     ],

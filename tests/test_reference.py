@@ -28,7 +28,7 @@ def test_committed_reference_is_well_formed(frame):
     ablation_files = {f for f in files if "ablation" in f or f.startswith("supplement000_")}
     assert len(ablation_files) == 11
     assert set(frame.loc[frame["file"].isin(ablation_files), "role"]) == {"ablation"}
-    assert set(frame.loc[~frame["file"].isin(ablation_files), "role"]) == {"main"}
+    assert set(frame.loc[~frame["file"].isin(ablation_files), "role"]) <= {"main", "unverified", "test_selected"}
     # every MVTec category of the per-category sources is there
     mv = set(DATASETS.get("mvtec").KNOWN_CATEGORIES)
     for f in ("patchcore_official.csv", "tocoad_table1_mvtec.csv", "cutpaste_table1_mvtec.csv"):
@@ -38,8 +38,8 @@ def test_committed_reference_is_well_formed(frame):
 @pytest.mark.parametrize("file, method, paper_name, category, metric, value", [
     ("patchcore_official.csv", "patchcore", "PatchCore", "bottle", "pixel_auroc", 0.985),
     ("patchcore_official.csv", "patchcore", "PatchCore", "transistor", "pixel_auroc", 0.961),
-    ("tocoad_table1_mvtec.csv", "tocoad", "ToCoAD + Perlin", "mean", "pixel_auroc", 0.9821),
-    ("tocoad_table1_mvtec.csv", "reverse_distillation", "RD4AD", "transistor", "pixel_auroc", 0.78),
+    ("tocoad_table1_mvtec.csv", "tocoad", "ToCoAD + Perlin", "mean", "pixel_auroc_anomalous", 0.9821),
+    ("tocoad_table1_mvtec.csv", "reverse_distillation", "RD4AD", "transistor", "aupro", 0.78),  # PRO (issue 24)
     ("tocoad_table1_mvtec.csv", "tocoad", "ToCoAD + CutPaste", "wood", "image_auroc", 0.998),
     ("tocoad_table2_visa.csv", "draem", "DRAEM", "pcb1", "image_auroc", 0.476),
     ("tocoad_table3_btad.csv", "vt_adl", "VT-ADL", "03", "pixel_auroc", 0.77),
@@ -48,11 +48,11 @@ def test_committed_reference_is_well_formed(frame):
     ("cutpaste_table1_mvtec.csv", "scar", "Scar", "screw", "image_auroc", 0.113),
     ("cutpaste_table2_mvtec_pixel.csv", "cutpaste_patch", "CutPaste (3-way)", "mean", "pixel_auroc", 0.96),
     ("tocoad_table4_ablation_ncl_layers.csv", "tocoad", "ToCoAD (Layer 2+3+4)", "mean", "image_auroc", 0.9808),
-    ("tocoad_table5_ablation_stages.csv", "tocoad", "ToCoAD (NCL only)", "mean", "pixel_auroc", 0.9794),
+    ("tocoad_table5_ablation_stages.csv", "tocoad", "ToCoAD (NCL only)", "mean", "pixel_auroc_anomalous", 0.9794),
     ("tocoad_table6_ablation_loss.csv", "tocoad", "ToCoAD (lambda 0.8, CE)", "mean", "image_auroc", 0.9818),
-    ("tocoad_table7_ablation_generator.csv", "tocoad", "ToCoAD + NSA", "mean", "pixel_auroc", 0.9796),
+    ("tocoad_table7_ablation_generator.csv", "tocoad", "ToCoAD + NSA", "mean", "pixel_auroc_anomalous", 0.9796),
     ("tocoad_table8_ablation_concat.csv", "tocoad", "ToCoAD (concatenation)", "mean", "image_auroc", 0.9856),
-    ("tocoad_table9_ablation_contrastive.csv", "tocoad", "ToCoAD w/ BYOL", "mean", "pixel_auroc", 0.9808),
+    ("tocoad_table9_ablation_contrastive.csv", "tocoad", "ToCoAD w/ BYOL", "mean", "pixel_auroc_anomalous", 0.9808),
     ("cutpaste_table4_ablation_cutout_variants.csv", "confetti", "Confetti", "texture_mean", "image_auroc", 0.801),
     ("cutpaste_table5_ablation_binary_vs_3way.csv", "cutpaste", "Binary (Union)", "mean", "image_auroc", 0.943),
     ("cutpaste_table7_ablation_optimisation.csv", "cutpaste", "CutPaste (3-way), lr 0.003", "object_mean",

@@ -28,7 +28,7 @@ def test_paper_profile_matches_the_sources():
     cls = _rd()
     cfg = resolve_config(cls.Config, cls.PROFILES, "paper")
     assert (cfg.backbone, tuple(cfg.layers), cfg.image_size, cfg.crop_size) == ("wide_resnet50_2.tv_in1k", (1, 2, 3), 256, None)
-    assert (cfg.lr, cfg.beta1, cfg.beta2, cfg.batch_size, cfg.epochs, cfg.blur_sigma) == (0.005, 0.5, 0.999, 32, 200, 4.0)
+    assert (cfg.lr, cfg.beta1, cfg.beta2, cfg.batch_size, cfg.epochs, cfg.blur_sigma) == (0.005, 0.5, 0.999, 16, 200, 4.0)
     assert (cfg.oce_blocks, tuple(cfg.decoder_blocks), cfg.cache_features) == (3, (3, 4, 6), False)
     quick = resolve_config(cls.Config, cls.PROFILES, "quick")
     assert quick.backbone == "tf_efficientnet_lite0.in1k"

@@ -10,12 +10,24 @@ published averages. One method can have several settings in one source (ToCoAD w
 CutPaste or the Perlin generator; CutPaste binary, scar and 3-way): ``setting`` tells them apart
 and is part of the row's identity.
 
-An optional ``role`` column tells a paper's headline numbers (``main``, the default when the
-column is absent, as in the older CSVs) from its ablation rows (``ablation``: a hyper-parameter
-or component varied away from the paper's default, or a proxy-task baseline). Ablations stay
-loadable (``load``) and validated, but ``comparison_tables`` shows only main rows unless
-``include_ablation=True`` (``adbench table --reference-all``): one paper can carry dozens of
-ablation settings, each of which would add a footnote next to every record of that method.
+An optional ``role`` column says what a row is (``main`` where the column or the cell is empty,
+as in the older CSVs):
+
+* ``main``: a paper's headline number, compared with ours.
+* ``ablation``: a hyper-parameter or component varied away from the paper's default, or a
+  proxy-task baseline. ``comparison_tables`` leaves it out unless ``include_ablation=True``
+  (``adbench table --reference-all``): one paper can carry dozens of ablation settings, each of
+  which would add a footnote next to every record of that method.
+* ``unverified``: a transcribed number whose metric or value could not be confirmed against the
+  method's own paper (e.g. ToCoAD Table 1 prints RD4AD's and CFLOW-AD's pixel AUROC / PRO under an
+  "image / pixel AUROC" header, and some of its means follow from nothing).
+* ``test_selected``: a number its paper selected on the test set (e.g. MIAD's RD results: anomalib
+  0.3.7 reloads the checkpoint with the best test-set pixel AUROC), optimistic by construction.
+
+``unverified`` and ``test_selected`` rows stay loadable and validated, but are never compared,
+not even by ``include_ablation``: a number that may be another metric, or was chosen on the test
+set, is no reference for ours. Such rows must say why in an optional ``note`` column (free text,
+also allowed on any other row; files without the column load with an empty note).
 
 The comparison table never puts a number next to another without the setting of both sides:
 each row names our setting (backbone, weights tag, profile, protocol, geometry) and a footnote
@@ -33,7 +45,8 @@ import pandas as pd
 REQUIRED_COLUMNS = ("method", "dataset", "category", "metric", "value", "source", "setting")
 MEAN_CATEGORIES = ("mean", "texture_mean", "object_mean")
 IDENTITY = ("method", "dataset", "category", "metric", "source", "setting")
-ROLES = ("main", "ablation")
+ROLES = ("main", "ablation", "unverified", "test_selected")
+NOTE_REQUIRED = ("unverified", "test_selected")  # roles that must carry a ``note``
 
 
 def default_dir() -> Path:
@@ -57,6 +70,7 @@ def load(directory: Optional[str | Path] = None) -> pd.DataFrame:
     out = pd.concat(frames, ignore_index=True)
     out["value"] = pd.to_numeric(out["value"], errors="coerce")
     out["role"] = roles_of(out)
+    out["note"] = notes_of(out)
     return out
 
 
@@ -67,6 +81,13 @@ def roles_of(frame: pd.DataFrame) -> pd.Series:
     return frame["role"].fillna("").astype(str).str.strip().replace("", "main")
 
 
+def notes_of(frame: pd.DataFrame) -> pd.Series:
+    """The ``note`` of each row: the column's text, empty where the column or the value is absent."""
+    if "note" not in frame.columns:
+        return pd.Series("", index=frame.index)
+    return frame["note"].fillna("").astype(str).str.strip()
+
+
 def validate(frame: pd.DataFrame, known_categories: dict[str, Iterable[str]]) -> list[str]:
     """Problems of a reference frame (empty when well-formed): columns, ranges, names, duplicates."""
     from adbench.results.records import METRIC_KEYS
@@ -75,7 +96,7 @@ def validate(frame: pd.DataFrame, known_categories: dict[str, Iterable[str]]) ->
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         return [f"missing column(s): {', '.join(missing)}"]
-    for (i, row), role in zip(frame.iterrows(), roles_of(frame)):
+    for (i, row), role, note in zip(frame.iterrows(), roles_of(frame), notes_of(frame)):
         where = f"{row.get('file', '?')} row {i}: {row['method']}/{row['dataset']}/{row['category']}"
         if not (isinstance(row["value"], float) and 0.0 <= row["value"] <= 1.0):
             problems.append(f"{where}: value {row['value']!r} not a fraction in [0, 1]")
@@ -91,10 +112,17 @@ def validate(frame: pd.DataFrame, known_categories: dict[str, Iterable[str]]) ->
                 problems.append(f"{where}: empty {col}")
         if role not in ROLES:
             problems.append(f"{where}: role {role!r} not one of {', '.join(ROLES)}")
+        elif role in NOTE_REQUIRED and not note:
+            problems.append(f"{where}: role {role} needs a note saying why")
     dup = frame[frame.duplicated(list(IDENTITY), keep=False)]
     for _, row in dup.iterrows():
         problems.append(f"duplicate: {tuple(row[c] for c in IDENTITY)}")
     return problems
+
+
+def compared_roles(include_ablation: bool = False) -> tuple[str, ...]:
+    """The roles ``comparison_tables`` puts next to our numbers."""
+    return ("main", "ablation") if include_ablation else ("main",)
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,11 +143,11 @@ def comparison_tables(records: Iterable[dict[str, Any]], reference: pd.DataFrame
                       include_ablation: bool = False):
     """One ``tables.Table`` per (dataset, metric) with rows (method, category, ours, paper, diff, settings).
 
-    Only ``role == main`` reference rows take part unless ``include_ablation``."""
+    Only ``role == main`` reference rows take part, plus ``ablation`` ones with ``include_ablation``;
+    ``unverified`` and ``test_selected`` rows never do."""
     from adbench.reporting.tables import Table
 
-    if not include_ablation:
-        reference = reference[roles_of(reference) == "main"]
+    reference = reference[roles_of(reference).isin(compared_roles(include_ablation))]
     fmt = f"{{:.{decimals}f}}"
     ok = [r for r in records if r.get("status") == "ok" and (dataset is None or r.get("dataset") == dataset)]
     out = []

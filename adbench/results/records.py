@@ -41,6 +41,7 @@ METRIC_KEYS = (
     "image_auroc_mapmax",
     "image_f1_max_mapmax",
     "image_ap_mapmax",
+    "pixel_auroc_anomalous",  # over the anomalous test images only (ToCoAD's pixel protocol)
 )
 
 RECORD_VERSION = 1

@@ -25,8 +25,8 @@ from adbench.config import SET_SOURCE, load_yaml_config, merge_overrides, parse_
 from adbench.errors import ConfigError, DataError
 from adbench.files import safe_name
 from adbench.jobs import Job
-from adbench.options import (RUN_OPTIONS, check_checkpoint_dir, check_workdir, checked_values, job_values, options_class,
-                             parse_list)
+from adbench.options import (RUN_OPTIONS, TEXTURES_ENV, check_checkpoint_dir, check_workdir, checked_values, job_values,
+                             options_class, parse_list)
 from adbench.results.store import Store
 
 
@@ -124,15 +124,40 @@ def check_run(opts: RunOptions) -> Grid:
     check_memory(configs)
     values["workers"] = cap_workers(values["workers"], opts, notes)
     notes.extend(check_pretrained_weights(configs, opts.profile, values["weights"]))
+    values["textures"] = check_textures(configs, opts.profile, values["textures"], notes)
     adapter = dataset_cls(opts.data_root)
     categories = adapter.select(parse_list(opts.category))
     validate_categories(adapter, categories)
+    methods = check_protocols(methods, configs, categories, opts, notes)
     fp32_only = [m for m in methods if values["precision"] not in METHODS.get(m).precisions]
     if fp32_only:
         notes.append(f"--precision {values['precision']} does not apply to {', '.join(fp32_only)} (no networks "
                      f"under autocast): fp32 there, and their records say so")
     kinds = {c: adapter.category_info(c).kind for c in categories}
     return Grid(values, methods, configs, categories, kinds, fp32_only, notes)
+
+
+def check_protocols(methods: list[str], configs: dict[str, Any], categories: list[str], opts: RunOptions,
+                    notes: list[str]) -> list[str]:
+    """A recipe that prescribes a protocol (UniAD's ``miad`` trains unified) against the run's
+    ``--protocol``: with ``--method all`` such a method is skipped with a note, a method named
+    explicitly stops the run (``Detector.check_protocol``'s one line)."""
+    from adbench.registry import METHODS
+
+    kept = []
+    for method in methods:
+        try:
+            METHODS.get(method).check_protocol(
+                configs[method], categories if opts.protocol == "unified" else categories[:1], opts.profile)
+        except ConfigError as exc:
+            if (opts.method or "all").strip() != "all":
+                raise
+            notes.append(f"skipping {method}: {exc}")
+            continue
+        kept.append(method)
+    if not kept:
+        raise ConfigError(notes[-1].split(": ", 1)[1])
+    return kept
 
 
 #: options that only the Ray executor reads (the no-silent-options rule: an error elsewhere)
@@ -315,6 +340,64 @@ def check_pretrained_weights(configs: dict[str, Any], profile: str, weights: Opt
             needs.setdefault(exact_tag(tag), []).append(method)
     allowed = {m: profile_allows_random_weights(profile) for m in configs}
     return check_available(needs, weights, random_allowed=allowed)
+
+
+def check_textures(configs: dict[str, Any], profile: str, textures: Optional[str], notes: list[str]) -> Optional[str]:
+    """The anomaly texture set of every configuration that pastes one (``Detector.texture_source``
+    is ``"dtd"``), before any job. ``--textures DIR`` (else ``$ADBENCH_TEXTURES_DIR``) is checked
+    (``adbench.detector.check_texture_set``: DTD layout, every image decodes) and bound into each
+    such configuration (``Detector.with_textures``: its fingerprint and image count join the
+    config hash, its folder does not). Without a set a ``quick*`` profile draws procedural
+    textures (a note); any other profile stops with one line naming the methods and the profile.
+    ``anomaly_source=procedural`` is a note; ``--textures`` that nothing reads is an error (no
+    silent options). Returns the folder the jobs carry (None when no job uses one)."""
+    from adbench.detector import check_texture_set, profile_allows_procedural_textures
+    from adbench.registry import METHODS
+
+    wants = _texture_sources(configs)
+    users = [m for m, source in wants.items() if source == "dtd"]
+    chosen = [m for m, source in wants.items() if source == "procedural"]
+    if chosen:
+        notes.append(f"{', '.join(chosen)}: anomaly_source=procedural: procedural anomaly textures, not the DTD "
+                     f"images the paper pastes (numbers not comparable with the paper's)")
+    if not users:
+        if textures:
+            raise ConfigError(f"--textures {textures} has no effect: no selected method pastes texture images in "
+                              f"this configuration ({', '.join(configs)})")
+        return None
+    folder = textures or os.environ.get(TEXTURES_ENV) or None
+    one = len(users) == 1
+    who = f"{', '.join(users)} (profile {profile})"
+    if folder is None:
+        if profile_allows_procedural_textures(profile):
+            notes.append(f"{who}: no --textures, so procedural anomaly textures (the paper pastes DTD images; "
+                         f"--textures DIR gives them)")
+            return None
+        raise ConfigError(f"{who} {'pastes' if one else 'paste'} DTD texture images into {'its' if one else 'their'} "
+                          f"synthetic anomalies: give a DTD copy (images/<class>/*.jpg) with --textures DIR or "
+                          f"${TEXTURES_ENV}, or --set anomaly_source=procedural for procedural textures (not the "
+                          f"paper's recipe)")
+    try:
+        texture_set = check_texture_set(folder)
+    except DataError as exc:
+        given = f"--textures {folder}" if textures else f"${TEXTURES_ENV}={folder}"
+        raise DataError(f"{given}: {exc.problems[0]} ({who} {'pastes' if one else 'paste'} images from it)") from None
+    for method in users:
+        configs[method] = METHODS.get(method).with_textures(configs[method], texture_set)
+    return str(texture_set.folder)
+
+
+def _texture_sources(configs: dict[str, Any]) -> dict[str, Optional[str]]:
+    """``Detector.texture_source`` of every configuration; a refusal names its method."""
+    from adbench.registry import METHODS
+
+    out = {}
+    for method, config in configs.items():
+        try:
+            out[method] = METHODS.get(method).texture_source(config)
+        except ConfigError as exc:
+            raise ConfigError(f"{method}: {exc.problems[0]}") from None
+    return out
 
 
 def validate_categories(adapter, categories: list[str]) -> None:

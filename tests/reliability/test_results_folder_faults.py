@@ -242,5 +242,5 @@ def test_workdir_option_holds_job_folders_and_is_checked_up_front(kit, tmp_path)
     a_file.write_text("x")
     bad = _cli(kit, tmp_path / "res2", "--workdir", str(a_file / "sub"))
     assert bad.returncode == 2 and _error_lines(bad.stderr) == [
-        f"error: --workdir {a_file / 'sub'}: cannot write there (Not a directory)"]
+        f"error: --workdir {a_file / 'sub'}: {a_file} is a file, not a folder"]  # issue 23: names the file
     assert not (tmp_path / "res2").exists() or not list((tmp_path / "res2").rglob("*.json"))
