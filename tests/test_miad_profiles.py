@@ -136,8 +136,10 @@ def test_method_all_with_profile_miad_runs_the_six_and_notes_the_others(tmp_path
         ["autoencoder", "draem", "fastflow", "patchcore", "reverse_distillation"])
     assert any(n.startswith("skipping uniad: uniad --profile miad trains one model over every category")
                for n in plan.notes)
-    unified = plan_run(RunOptions(**{**opts.__dict__, "protocol": "unified"}))
-    assert sorted({job.method for job in unified.jobs}) == ["uniad"]
+    two = adbench_testkit.make_kit_data(tmp_path / "two", categories=("obj_b", "tex_a"))
+    unified = plan_run(RunOptions(**{**opts.__dict__, "protocol": "unified", "data_root": str(two)}))
+    assert "uniad" in {job.method for job in unified.jobs}
+    assert not any(n.startswith("skipping uniad") for n in unified.notes)
     plan.notes = [n for n in plan.notes if not n.startswith("skipping uniad")]
     skipped = sorted(n.split(":")[0] for n in plan.notes if n.startswith("skipping "))
     assert skipped == sorted(f"skipping {m}" for m in ("cutpaste", "cutpaste_patch", "feature_gaussian", "kit_mean", "kit_trained",
