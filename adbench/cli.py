@@ -261,6 +261,28 @@ def table_cmd(results, dataset, metric, fmt, out: Optional[str], long_, referenc
 
 
 # --------------------------------------------------------------------------------------------
+@main.command("report")
+@click.option("--results", default="results", show_default=True, help="Results folder (records).")
+@click.option("--out", default=None, help="Site folder [default: <results>/report; <results>/report.html "
+                                          "with --single-file].")
+@click.option("--dataset", "-d", "datasets", multiple=True, help="Only this dataset (repeatable).")
+@click.option("--single-file", is_flag=True, help="One HTML file with everything inlined (for mail).")
+@click.option("--reference-dir", default=None, help="Folder of reference CSVs [default: the checkout's].")
+@click.option("--debug", is_flag=True)
+@_guard
+def report_cmd(results, out, datasets, single_file, reference_dir, debug) -> None:
+    """A static report site from stored records: overview, leaderboards with intervals and ranks,
+    per-category tables, versus published, efficiency, galleries. Opens from disk, no network."""
+    from adbench.reporting.site import build_report
+
+    command = " ".join(["adbench report", f"--results {results}"] + (["--out", out] if out else [])
+                       + [f"--dataset {d}" for d in datasets] + (["--single-file"] if single_file else [])
+                       + ([f"--reference-dir {reference_dir}"] if reference_dir else []))
+    path = build_report(results, out, list(datasets), single_file=single_file, command=command,
+                        reference_dir=reference_dir)
+    click.echo(f"wrote {path}" + ("" if single_file else f" (open {path}/index.html)"), err=True)
+
+
 @main.command("evaluate")
 @click.option("--results", default="results", show_default=True, help="Results folder (records + .npz).")
 @click.option("--dataset", "-d", default=None, help="Only this dataset.")

@@ -27,3 +27,5 @@ $A plot cost --results $R -d mvtec --metric image_auroc --x test_throughput --ou
 for m in patchcore tocoad reverse_distillation fastflow uniad draem autoencoder cutpaste_patch feature_gaussian mean_image; do
   $A plot gallery --results $R -d mvtec -m $m -c bottle -n 4 --out $R/figures/gallery_${m}_bottle_worst
 done
+# the report site (results/report/index.html): same records, same bytes
+$A report --results $R --out $R/report

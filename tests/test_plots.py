@@ -71,6 +71,19 @@ def test_plot_renders(store, tmp_path, args):
         _is_image(out.with_suffix(suffix))
 
 
+def test_same_records_give_the_same_figure_bytes(store, tmp_path):
+    """No creation date in PNG or PDF: a committed figure changes only when its records do."""
+    made = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        result = CliRunner().invoke(main, ["plot", "bars", "--metric", "image_auroc", "--results", str(store),
+                                           "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        made.append([out.with_suffix(s).read_bytes() for s in (".png", ".pdf")])
+    assert made[0] == made[1]
+    assert b"CreationDate" not in made[0][1]
+
+
 def test_gallery_picks_worst_scored():
     arrays = {"scores": np.array([0.1, 0.9, 0.2, 0.8]), "labels": np.array([1, 0, 1, 0]),
               "paths": np.array(["a", "b", "c", "d"])}

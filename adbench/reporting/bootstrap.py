@@ -73,11 +73,30 @@ def _interval(value: float, reps: np.ndarray, level: float) -> Interval:
     return Interval(float(value), float(lo), float(hi), len(reps), level)
 
 
-def image_auroc_ci(scores, labels, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Interval:
+def image_auroc_replicates(scores, labels, n_boot: int = 2000, seed: int = 0) -> tuple[float, np.ndarray]:
+    """(AUROC, its ``n_boot`` stratified bootstrap replicates): the draws behind ``image_auroc_ci``,
+    kept so a mean over categories can be resampled category by category (``mean_interval``)."""
     pos, neg = _split(scores, labels)
     rng = np.random.default_rng(seed)
     reps = _auroc_replicates(pos, neg, _weights(rng, pos.size, n_boot), _weights(rng, neg.size, n_boot))
-    value = float(_kernel(pos, neg).mean())
+    return float(_kernel(pos, neg).mean()), reps
+
+
+def image_auroc_ci(scores, labels, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Interval:
+    value, reps = image_auroc_replicates(scores, labels, n_boot=n_boot, seed=seed)
+    return _interval(value, reps, level)
+
+
+def mean_interval(values_and_replicates: Iterable[tuple[float, np.ndarray]], level: float = 0.95) -> Interval:
+    """Interval of a mean over categories: replicate b of the mean is the mean of every
+    category's replicate b. Categories are independent test sets, each resampled on its own
+    (its own generator seeded as for a lone category), so one category reproduces
+    ``image_auroc_ci`` / ``pixel_auroc_ci`` exactly."""
+    pairs = list(values_and_replicates)
+    if not pairs:
+        raise ValueError("no categories to average")
+    value = float(np.mean([v for v, _ in pairs]))
+    reps = np.mean(np.stack([r for _, r in pairs]), axis=0)
     return _interval(value, reps, level)
 
 
@@ -98,6 +117,13 @@ def paired_image_auroc(scores_a, scores_b, labels, n_boot: int = 2000, level: fl
 def pixel_auroc_ci(maps, masks, labels=None, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
                    n_bins: int = 2048) -> Interval:
     """Pixel AUROC with images resampled (stratified by whether an image has defect pixels)."""
+    value, reps = pixel_auroc_replicates(maps, masks, n_boot=n_boot, seed=seed, n_bins=n_bins)
+    return _interval(value, reps, level)
+
+
+def pixel_auroc_replicates(maps, masks, n_boot: int = 1000, seed: int = 0,
+                           n_bins: int = 2048) -> tuple[float, np.ndarray]:
+    """(pixel AUROC, its ``n_boot`` replicates), the draws behind ``pixel_auroc_ci``."""
     maps = np.asarray(maps, dtype=np.float32)
     masks = np.asarray(masks, dtype=bool)
     n = maps.shape[0]
@@ -123,7 +149,7 @@ def pixel_auroc_ci(maps, masks, labels=None, n_boot: int = 1000, level: float = 
         p, q = pos[take].sum(0), neg[take].sum(0)
         reps[b] = roc_auc_from_groups(p[::-1], q[::-1])  # groups from the highest score down
     value = roc_auc_from_groups(pos.sum(0)[::-1], neg.sum(0)[::-1])
-    return _interval(value, reps, level)
+    return float(value), reps
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,6 +204,11 @@ def compare_records(a: dict[str, Any], b: dict[str, Any], n_boot: int = 2000) ->
     pa, pb = predictions.load(a), predictions.load(b)
     if pa is None or pb is None:
         return None
+    return compare_arrays(pa, pb, n_boot=n_boot)
+
+
+def compare_arrays(pa: dict[str, np.ndarray], pb: dict[str, np.ndarray], n_boot: int = 2000) -> dict[str, Any]:
+    """``paired_image_auroc`` of two saved-prediction sets, image b aligned to a by sample path."""
     order_b = {p: i for i, p in enumerate(pb["paths"])}
     if set(order_b) != set(pa["paths"]):
         raise ValueError("the two records were not evaluated on the same test images")

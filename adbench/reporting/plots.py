@@ -54,8 +54,11 @@ def _save(fig, out: str | Path) -> list[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     stem = out.with_suffix("") if out.suffix in (".png", ".pdf") else out
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    # no creation date in the files: the same records give the same bytes (PNG has none to
+    # begin with; matplotlib stamps PDFs with CreationDate unless told not to)
+    stamps = {".png": {"Software": None}, ".pdf": {"CreationDate": None, "Producer": None}}
     for p in paths:
-        fig.savefig(p, dpi=150, bbox_inches="tight")
+        fig.savefig(p, dpi=150, bbox_inches="tight", metadata=stamps[p.suffix])
     _plt().close(fig)
     return paths
 
@@ -172,7 +175,7 @@ def _load_rgb(path: str, size: int) -> np.ndarray:
     return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
 
 
-def _geometry_image(path: str, geometry: Optional[str], shape: tuple[int, int]) -> np.ndarray:
+def geometry_image(path: str, geometry: Optional[str], shape: tuple[int, int]) -> np.ndarray:
     """The input as the method saw it (resize, optional centre crop), at the map's size."""
     import re
 
@@ -230,7 +233,7 @@ def gallery(record: dict[str, Any], out, n: int = 4, paths: Optional[Sequence[st
     lo, hi = np.quantile(maps, [0.01, 0.999])
     fig, axes = plt.subplots(len(idx), 3, figsize=(7.5, 2.5 * len(idx)), squeeze=False)
     for row, i in enumerate(idx):
-        img = _geometry_image(str(arrays["paths"][i]), record.get("geometry"), maps.shape[1:])
+        img = geometry_image(str(arrays["paths"][i]), record.get("geometry"), maps.shape[1:])
         label = "anomalous" if arrays["labels"][i] else "normal"
         name = shown("/".join(str(arrays["paths"][i]).split("/")[-2:]))
         axes[row, 0].imshow(img)

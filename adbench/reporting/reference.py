@@ -10,6 +10,21 @@ published averages. One method can have several settings in one source (ToCoAD w
 CutPaste or the Perlin generator; CutPaste binary, scar and 3-way): ``setting`` tells them apart
 and is part of the row's identity.
 
+The same setting in structured columns (``SETTING_COLUMNS``, optional: older CSVs load without
+them, as empty), so that ``matching`` pairs rows with records by value, not by free text:
+
+* ``mode``: the variant that changes what the method is, in our config's words (CutPaste
+  ``binary`` / ``scar`` / ``3way`` / ``union``, ``+level7`` / ``+ensemble5`` qualifiers; ToCoAD's
+  generator ``cutpaste`` / ``perlin`` / ``nsa``, ``+stages=none|ncl`` for its Table 5 rows);
+  empty for a method with one variant. See ``matching.our_mode``.
+* ``protocol``: ``single`` (one model per category) or ``unified`` (one for all); empty reads
+  as ``single``.
+* ``backbone``: the timm architecture name the source used (``resnet18``, ``wide_resnet50_2``,
+  ``tf_efficientnet_b4``); ``weights``: ``imagenet`` or ``scratch``; ``image_size``: the input
+  side in px (the crop where there is one); ``budget``: training length as text (``256 epochs
+  of 256 steps``, ``100+100 epochs``); ``seeds``: how many runs the value averages.
+  Empty = the source does not say; nothing is then claimed about it.
+
 An optional ``role`` column says what a row is (``main`` where the column or the cell is empty,
 as in the older CSVs):
 
@@ -29,11 +44,14 @@ not even by ``include_ablation``: a number that may be another metric, or was ch
 set, is no reference for ours. Such rows must say why in an optional ``note`` column (free text,
 also allowed on any other row; files without the column load with an empty note).
 
-The comparison table never puts a number next to another without the setting of both sides:
-each row names our setting (backbone, weights tag, profile, protocol, geometry) and a footnote
-key for the paper's setting. The ``mean`` row compares our mean with the paper's mean *over the
-same categories* (computed from its per-category values); the paper's published all-category
-mean is shown in its own row, since a mean over 1 category is not a mean over 15.
+The comparison table (``comparison_tables``) is one row per ``matching.Pair``: a number is put
+next to ours only when dataset, category, metric, method, mode and protocol agree; the rest of
+the setting is listed as named differences, and a setting with no such row shows the closest
+one, labelled as such, without a difference. Each row names our setting (mode, backbone,
+weights tag, profile, protocol, geometry) and a footnote key for the paper's. The ``mean`` rows
+compare our mean with the paper's mean *over the same categories*; the paper's published
+all-category mean gets its own row only when we cover at least 5 categories, since a mean over
+1 category is not a mean over 15.
 """
 from __future__ import annotations
 
@@ -42,11 +60,19 @@ from typing import Any, Iterable, Optional
 
 import pandas as pd
 
+from adbench.reporting.matching import (
+    MEAN_CATEGORIES, PAPER_MEAN_MIN_CATEGORIES, PROTOCOLS, SETTING_COLUMNS, WEIGHTS, Pair, cell_text, compared_roles,
+    match, mismatched_keys, paper_setting_fields, roles_of,
+)
+
+__all__ = ["REQUIRED_COLUMNS", "MEAN_CATEGORIES", "SETTING_COLUMNS", "IDENTITY", "ROLES", "NOTE_REQUIRED",
+           "default_dir", "load", "roles_of", "notes_of", "validate", "compared_roles", "comparison_tables"]
+
 REQUIRED_COLUMNS = ("method", "dataset", "category", "metric", "value", "source", "setting")
-MEAN_CATEGORIES = ("mean", "texture_mean", "object_mean")
 IDENTITY = ("method", "dataset", "category", "metric", "source", "setting")
 ROLES = ("main", "ablation", "unverified", "test_selected")
 NOTE_REQUIRED = ("unverified", "test_selected")  # roles that must carry a ``note``
+INT_SETTING_COLUMNS = ("image_size", "seeds")
 
 
 def default_dir() -> Path:
@@ -55,7 +81,10 @@ def default_dir() -> Path:
 
 
 def load(directory: Optional[str | Path] = None) -> pd.DataFrame:
-    """All reference CSVs of ``directory`` as one frame (``file`` column added)."""
+    """All reference CSVs of ``directory`` as one frame (``file`` column added).
+
+    Setting columns are read as text (``image_size`` ``256``, empty where unknown) and added
+    empty to CSVs without them, so old and new files concatenate into one frame."""
     from adbench.errors import DataError
 
     directory = Path(directory) if directory else default_dir()
@@ -63,22 +92,18 @@ def load(directory: Optional[str | Path] = None) -> pd.DataFrame:
     if not files:
         raise DataError(f"--reference-dir {directory}: no reference CSV files")
     frames = []
+    text_columns = {"category": str, **{c: str for c in SETTING_COLUMNS}}
     for path in files:
-        frame = pd.read_csv(path, dtype={"category": str}, keep_default_na=False)
+        frame = pd.read_csv(path, dtype=text_columns, keep_default_na=False)
         frame["file"] = path.name
         frames.append(frame)
     out = pd.concat(frames, ignore_index=True)
     out["value"] = pd.to_numeric(out["value"], errors="coerce")
     out["role"] = roles_of(out)
     out["note"] = notes_of(out)
+    for column in SETTING_COLUMNS:
+        out[column] = out[column].fillna("").astype(str).str.strip() if column in out.columns else ""
     return out
-
-
-def roles_of(frame: pd.DataFrame) -> pd.Series:
-    """The ``role`` of each row: the column's value, ``main`` where the column or the value is absent."""
-    if "role" not in frame.columns:
-        return pd.Series("main", index=frame.index)
-    return frame["role"].fillna("").astype(str).str.strip().replace("", "main")
 
 
 def notes_of(frame: pd.DataFrame) -> pd.Series:
@@ -89,7 +114,8 @@ def notes_of(frame: pd.DataFrame) -> pd.Series:
 
 
 def validate(frame: pd.DataFrame, known_categories: dict[str, Iterable[str]]) -> list[str]:
-    """Problems of a reference frame (empty when well-formed): columns, ranges, names, duplicates."""
+    """Problems of a reference frame (empty when well-formed): columns, ranges, names, duplicates,
+    and the setting columns where present (protocol, weights and integer cells)."""
     from adbench.results.records import METRIC_KEYS
 
     problems = []
@@ -114,118 +140,165 @@ def validate(frame: pd.DataFrame, known_categories: dict[str, Iterable[str]]) ->
             problems.append(f"{where}: role {role!r} not one of {', '.join(ROLES)}")
         elif role in NOTE_REQUIRED and not note:
             problems.append(f"{where}: role {role} needs a note saying why")
+        problems += [f"{where}: {p}" for p in setting_problems(row)]
     dup = frame[frame.duplicated(list(IDENTITY), keep=False)]
     for _, row in dup.iterrows():
         problems.append(f"duplicate: {tuple(row[c] for c in IDENTITY)}")
     return problems
 
 
-def compared_roles(include_ablation: bool = False) -> tuple[str, ...]:
-    """The roles ``comparison_tables`` puts next to our numbers."""
-    return ("main", "ablation") if include_ablation else ("main",)
+def setting_problems(row: Any) -> list[str]:
+    """What is wrong with a row's setting columns (none when absent): ``protocol`` single /
+    unified / empty, ``weights`` imagenet / scratch / empty, ``image_size`` and ``seeds`` positive
+    integers or empty. ``mode`` is free (each method names its own variants)."""
+    problems = []
+    protocol, weights = cell_text(row.get("protocol")), cell_text(row.get("weights"))
+    if protocol not in PROTOCOLS + ("",):
+        problems.append(f"protocol {protocol!r} not one of {', '.join(PROTOCOLS)} (or empty)")
+    if weights not in WEIGHTS + ("",):
+        problems.append(f"weights {weights!r} not one of {', '.join(WEIGHTS)} (or empty)")
+    for column in INT_SETTING_COLUMNS:
+        text = cell_text(row.get(column))
+        if text and not (text.isdigit() and int(text) > 0):
+            problems.append(f"{column} {text!r} not a positive integer (or empty)")
+    return problems
 
 
 # --------------------------------------------------------------------------------------------
-def our_setting(record: dict[str, Any]) -> str:
-    config = record.get("config") or {}
-    parts = [
-        f"backbone {config.get('backbone', '-')}",
-        f"weights {record.get('weights_tag') or record.get('weights') or 'default'}",
-        f"profile {record.get('profile')}",
-        f"protocol {record.get('protocol') or 'single'}",
-        f"geometry {record.get('geometry')}",
-    ]
-    return ", ".join(parts)
+# adbench table --reference
+# --------------------------------------------------------------------------------------------
+MATCH_NOTE = ("A published number stands next to ours only where dataset, category, metric, method, mode and "
+              "protocol agree; 'differences' names what else differs where the source states it (backbone, "
+              "weights, image size, budget, seeds). 'no matching row': none agrees; the closest published row is "
+              "named in 'paper setting' with the keys it differs in, and is not a counterpart of ours. "
+              "'no published row': the method has no published number for this category and metric.")
+DIFF_NOTE = ("diff = ours - paper (fractions; x100 for points). Paper values transcribed from "
+             "results/reference/*.csv; different settings (backbone, weights, epochs, geometry) mean the "
+             "difference is not the method's reproduction error alone.")
 
 
 def comparison_tables(records: Iterable[dict[str, Any]], reference: pd.DataFrame,
                       metrics: Iterable[str], dataset: Optional[str] = None, decimals: int = 3,
                       include_ablation: bool = False):
-    """One ``tables.Table`` per (dataset, metric) with rows (method, category, ours, paper, diff, settings).
+    """One ``tables.Table`` per (dataset, metric), one row per ``matching.match`` Pair: method,
+    category, ours, paper (or 'no matching row' / 'no published row'), diff, our setting, paper
+    setting key (or the closest row's), differences.
 
     Only ``role == main`` reference rows take part, plus ``ablation`` ones with ``include_ablation``;
-    ``unverified`` and ``test_selected`` rows never do."""
+    ``unverified`` and ``test_selected`` rows never do. A (dataset, metric) whose Pairs show no
+    published row at all gives no table (nothing to compare with)."""
     from adbench.reporting.tables import Table
 
-    reference = reference[roles_of(reference).isin(compared_roles(include_ablation))]
+    metrics = list(metrics)
+    pairs = match(records, reference, metrics, dataset=dataset, include_ablation=include_ablation)
+    means = _published_means(reference, include_ablation)
     fmt = f"{{:.{decimals}f}}"
-    ok = [r for r in records if r.get("status") == "ok" and (dataset is None or r.get("dataset") == dataset)]
     out = []
-    for ds in sorted({r["dataset"] for r in ok}):
-        for metric in metrics:
-            ref = reference[(reference["dataset"] == ds) & (reference["metric"] == metric)]
-            keys, rows, mean_notes = SettingKeys(), [], {}
-            for (method, setting), per_cat in sorted(our_values(ok, ds, metric).items()):
-                mref = ref[ref["method"] == method]
-                for (source, psetting), group in mref.groupby(["source", "setting"], sort=True):
-                    rows += _paired_rows(method, setting, per_cat, keys(source, psetting),
-                                         dict(zip(group["category"], group["value"])), fmt, mean_notes)
-            if not rows:
-                continue
-            notes = [n + _mean_note(mean_notes.get(n[1:].split("]")[0]), fmt) for n in keys.notes]
-            frame = pd.DataFrame(rows).set_index("method")
-            notes.insert(0, "diff = ours - paper (fractions; x100 for points). Paper values transcribed "
-                            "from results/reference/*.csv; different settings (backbone, weights, epochs, "
-                            "geometry) mean the difference is not the method's reproduction error alone.")
-            out.append(Table(dataset=ds, metric=f"{metric} vs published", frame=frame, footnotes=notes))
+    for (ds, metric), group in _by_table(pairs).items():
+        if all(p.shown is None for p in group):
+            continue
+        keys = SettingKeys()
+        unpublished = sorted({p.method for p in group if p.reference is None and p.closest is None})
+        group = [p for p in group if p.reference is not None or p.closest is not None]
+        frame = pd.DataFrame([_pair_row(p, keys, fmt) for p in group]).set_index("method")
+        unpaired = _means_not_compared(group, means)
+        for source, setting in sorted(unpaired):
+            keys(source, setting, unpaired[(source, setting)]["fields"])
+        notes = [DIFF_NOTE, MATCH_NOTE] + [note + _mean_note(unpaired.get(key), fmt)
+                                          for key, note in zip(keys.keys, keys.notes)]
+        if unpublished:
+            notes.append(f"no published {metric} in the reference CSVs for: {', '.join(unpublished)}")
+        out.append(Table(dataset=ds, metric=f"{metric} vs published", frame=frame, footnotes=notes))
+    return out
+
+
+def _by_table(pairs: list[Pair]) -> dict[tuple[str, str], list[Pair]]:
+    """Pairs by (dataset, metric), in ``match``'s order."""
+    out: dict[tuple[str, str], list[Pair]] = {}
+    for p in pairs:
+        out.setdefault((p.dataset, p.metric), []).append(p)
     return out
 
 
 class SettingKeys:
-    """``R1``, ``R2``... for the published settings a table refers to, with one note each."""
+    """``R1``, ``R2``... for the published settings a table refers to, with one note each
+    (source, setting text, and the mode / protocol the pairing went by)."""
 
     def __init__(self):
         self.keys: dict[tuple[str, str], str] = {}
         self.notes: list[str] = []
 
-    def __call__(self, source: str, setting: str) -> str:
+    def __call__(self, source: str, setting: str, fields: Optional[dict[str, Any]] = None) -> str:
         if (source, setting) not in self.keys:
             self.keys[(source, setting)] = f"R{len(self.keys) + 1}"
-            self.notes.append(f"[R{len(self.keys)}] {source}: {setting}")
+            fields = fields or {}
+            self.notes.append(f"[R{len(self.keys)}] {source}: {setting} "
+                              f"[mode {fields.get('mode') or '-'}, protocol {fields.get('protocol') or 'single'}]")
         return self.keys[(source, setting)]
 
 
-def our_values(ok: list[dict[str, Any]], dataset: str, metric: str) -> dict[tuple[str, str], dict[str, list[float]]]:
-    """Our settings: (method, setting text) -> {category: [values over seeds]}."""
-    ours: dict[tuple[str, str], dict[str, list[float]]] = {}
-    for r in ok:
-        if r["dataset"] != dataset:
+def category_label(p: Pair) -> str:
+    if p.kind == "mean_of_ours":
+        return f"mean of our {p.n_categories} categories"
+    if p.kind == "paper_mean":
+        return "paper mean (all its categories)"
+    return p.category
+
+
+def _pair_row(p: Pair, keys: SettingKeys, fmt: str) -> dict[str, str]:
+    """The table row of one Pair. A closest row's value goes into its label, never into 'paper'."""
+    ours = fmt.format(p.ours) + (f" ({p.n_categories} cat)" if p.kind == "paper_mean" else "")
+    row = {"method": p.method, "category": category_label(p), "ours": ours, "paper": "no published row",
+           "diff": "", "our setting": p.setting_label, "paper setting": "", "differences": "; ".join(p.differences)}
+    shown = p.shown
+    if shown is None:
+        return row
+    key = keys(str(shown["source"]), str(shown["setting"]), paper_setting_fields(shown))
+    if p.reference is not None:
+        paper = float(shown["value"])
+        row.update({"paper": fmt.format(paper), "diff": f"{p.ours - paper:+.{len(fmt.format(0.0)) - 2}f}",
+                    "paper setting": key})
+        row["differences"] = row["differences"] or "none stated"
+    else:
+        row.update({"paper": "no matching row",
+                    "paper setting": f"closest (differs in: {', '.join(p.mismatched)}): {key} "
+                                     f"{fmt.format(float(shown['value']))}"})
+    return row
+
+
+def _published_means(reference: pd.DataFrame, include_ablation: bool) -> list[dict[str, Any]]:
+    """The published all-category ``mean`` rows of the compared roles."""
+    ref = reference[roles_of(reference).isin(compared_roles(include_ablation))]
+    return ref[ref["category"] == "mean"].to_dict("records")
+
+
+def _means_not_compared(pairs: list[Pair], means: list[dict[str, Any]]) -> dict[tuple[str, str], dict]:
+    """Published means of settings that agree with one of ours on mode and protocol, left out of
+    the rows because that setting of ours covers fewer than 5 categories: (source, setting) ->
+    {"fields": the row's setting, "values": {method: value}}, for the setting's footnote."""
+    out: dict[tuple[str, str], dict] = {}
+    firsts = {(p.method, p.setting_label): p for p in reversed(pairs)}  # one Pair per setting of ours
+    for p in firsts.values():
+        if _covers_many(pairs, p):
             continue
-        value = (r.get("metrics") or {}).get(metric)
-        if value is None:
-            continue
-        ours.setdefault((r["method"], our_setting(r)), {}).setdefault(r["category"], []).append(float(value))
-    return ours
+        for row in means:
+            fields = paper_setting_fields(row)
+            if (row["dataset"], row["metric"], row["method"]) == (p.dataset, p.metric, p.method) \
+                    and not mismatched_keys(p.our_fields, fields):
+                entry = out.setdefault((str(row["source"]), str(row["setting"])), {"fields": fields, "values": {}})
+                entry["values"][p.method] = float(row["value"])
+    return out
 
 
-def _paired_rows(method: str, setting: str, per_cat: dict[str, list[float]], key: str, pvals: dict[str, float],
-                 fmt: str, mean_notes: dict) -> list[dict[str, str]]:
-    """Rows of one of our settings against one published setting: each shared category, the
-    mean of our categories when the paper has them all, and the paper's own mean when we cover
-    at least 5 categories (else the paper mean goes into the setting's note)."""
-    cats = sorted(per_cat)
-    means = {c: sum(v) / len(v) for c, v in per_cat.items()}
-    rows = [_row(method, c, means[c], pvals[c], setting, key, fmt) for c in cats if c in pvals]
-    if len(cats) > 1 and all(c in pvals for c in cats):
-        rows.append(_row(method, f"mean of our {len(cats)} categories", sum(means[c] for c in cats) / len(cats),
-                         sum(pvals[c] for c in cats) / len(cats), setting, key, fmt))
-    if "mean" in pvals:
-        if len(cats) >= 5:
-            rows.append(_row(method, "paper mean (all its categories)", sum(means.values()) / len(means),
-                             pvals["mean"], setting, key, fmt))
-            rows[-1]["ours"] += f" ({len(cats)} cat)"
-        else:  # a mean over our 1-4 categories is not comparable with it: note only
-            mean_notes.setdefault(key, {})[method] = pvals["mean"]
-    return rows
+def _covers_many(pairs: list[Pair], p: Pair) -> bool:
+    """Whether the setting of ``p`` covers enough categories for the paper-mean row."""
+    n = len({q.category for q in pairs if (q.method, q.setting_label) == (p.method, p.setting_label)
+             and q.kind == "category"})
+    return n >= PAPER_MEAN_MIN_CATEGORIES
 
 
-def _mean_note(values: Optional[dict[str, float]], fmt: str) -> str:
-    if not values:
+def _mean_note(entry: Optional[dict], fmt: str) -> str:
+    if not entry:
         return ""
-    text = ", ".join(f"{m} {fmt.format(v)}" for m, v in sorted(values.items()))
+    text = ", ".join(f"{m} {fmt.format(v)}" for m, v in sorted(entry["values"].items()))
     return f" (published mean over all its categories: {text}; no row: ours covers fewer than 5 categories)"
-
-
-def _row(method, category, ours, paper, setting, key, fmt):
-    return {"method": method, "category": category, "ours": fmt.format(ours), "paper": fmt.format(paper),
-            "diff": f"{ours - paper:+.{len(fmt.format(0.0)) - 2}f}", "our setting": setting, "paper setting": key}

@@ -46,6 +46,27 @@ class Table:
 # --------------------------------------------------------------------------------------------
 # Records -> frames
 # --------------------------------------------------------------------------------------------
+def setting_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``SETTING_KEYS`` for one record: what makes two records the same setting."""
+    protocol = record.get("protocol") or "single"
+    return {
+        "method": record.get("method"),
+        "protocol": protocol,
+        # a unified model is defined by the categories it was trained on
+        "training": ",".join(sorted(record.get("training_categories") or [])) if protocol != "single" else "",
+        "profile": record.get("profile"),
+        "config_hash": record.get("config_hash"),
+        "weights": record.get("weights") or "",
+        "precision": record.get("precision") or "fp32",  # records from before --precision: fp32
+    }
+
+
+def setting_of(record: dict[str, Any]) -> tuple:
+    """The setting tuple (in ``SETTING_KEYS`` order) of one record."""
+    fields = setting_fields(record)
+    return tuple(fields[k] for k in SETTING_KEYS)
+
+
 def long_frame(records: Iterable[dict[str, Any]], metrics: Optional[Iterable[str]] = None) -> pd.DataFrame:
     """One row per (record, metric): method, dataset, category, ..., metric, value, reason."""
     rows = []
@@ -56,19 +77,11 @@ def long_frame(records: Iterable[dict[str, Any]], metrics: Optional[Iterable[str
         keys = wanted or list(values)
         for metric in keys:
             rows.append({
-                "method": r.get("method"),
+                **setting_fields(r),
                 "dataset": r.get("dataset"),
                 "category": r.get("category"),
                 "category_kind": r.get("category_kind"),
-                "protocol": r.get("protocol") or "single",
-                # a unified model is defined by the categories it was trained on
-                "training": (",".join(sorted(r.get("training_categories") or []))
-                             if (r.get("protocol") or "single") != "single" else ""),
-                "profile": r.get("profile"),
                 "seed": r.get("seed"),
-                "config_hash": r.get("config_hash"),
-                "weights": r.get("weights") or "",
-                "precision": r.get("precision") or "fp32",  # records from before --precision: fp32
                 "geometry": r.get("geometry"),
                 "status": r.get("status"),
                 "metric": metric,
