@@ -188,6 +188,12 @@ class Detector(abc.ABC):
     #: ``context.autocast()``. A job asking for a precision its method lacks runs in fp32, and
     #: the run says so (its record states fp32).
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "tf32")
+    #: whether ``fit`` takes gradient steps over batches. Under ``--shots K`` with K below the
+    #: batch size, such a method gets full batches drawn with replacement (batch norm and the
+    #: losses need them; the record says ``train_batches_with_replacement``); a method that
+    #: estimates statistics (a mean, a Gaussian, a memory bank) sees each drawn image once, since
+    #: duplicates would weight the estimate.
+    trains_networks: ClassVar[bool] = False
     #: version of the method's training code: bump it when training changes, so a checkpoint
     #: written by the old code is not resumed by the new one
     VERSION: ClassVar[int] = 1
@@ -225,6 +231,12 @@ class Detector(abc.ABC):
         ``--protocol single``, all of them under ``unified``). A recipe that prescribes a
         protocol (UniAD's ``miad`` profile trains unified) raises a ConfigError when the run
         contradicts it, so the run stops up front instead of failing every job. Default: any."""
+
+    @classmethod
+    def check_shots(cls, config: MethodConfig, shots: int) -> None:
+        """Raise ``adbench.errors.FewShotError`` (one line saying why) when the method cannot fit
+        on ``shots`` training images per category, e.g. a covariance that needs more samples than
+        dimensions. Called before fitting each k-shot job; the default accepts any K."""
 
     @classmethod
     def texture_source(cls, config: MethodConfig) -> Optional[str]:

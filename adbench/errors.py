@@ -54,3 +54,8 @@ class Terminated(KeyboardInterrupt):
     (jobs in flight stopped, nothing finished lost) but reported with its own exit code, 143."""
 
     exit_code = 143
+
+
+class FewShotError(UserError):
+    """A method cannot fit on the K training images of the k-shot protocol (``--shots``): the
+    job stops before fitting with this one line, the run goes on."""

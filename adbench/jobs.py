@@ -1,6 +1,6 @@
 """Jobs: the unit of work of a run, and how a command line expands into a grid of them.
 
-A job is (method, dataset, categories, seed, protocol, config hash, weights). Under the
+A job is (method, dataset, categories, seed, shots, protocol, config hash, weights). Under the
 ``single`` protocol it trains on one category and writes one record; under ``unified`` it
 trains one model on the union of the training sets of all selected categories and writes one
 record per category, so its key holds the *set* of categories.
@@ -25,7 +25,8 @@ from adbench.options import PROTOCOLS, RUN_OPTIONS, Option, dataclass_field
 __all__ = ["Job", "JOB_FIELDS", "PROTOCOLS", "categories_hash", "job_class"]
 
 #: the fields a job has whatever the options: (name, type, default), MISSING for none and
-#: ``dict`` for a new empty dict each. ``config`` is
+#: ``dict`` for a new empty dict each. ``shots``: the k-shot protocol's K (None: every training
+#: image; ``adbench.data.shots``). ``config`` is
 #: the method's resolved config (dataclass values); ``categories`` one for ``single``, the
 #: training set for ``unified``; ``checkpoint_path`` None means no checkpoints; ``threads`` and
 #: ``gpu`` (CPU threads, physical GPU index) are the executor's.
@@ -35,6 +36,7 @@ JOB_FIELDS: tuple[tuple[str, Any, Any], ...] = (
     ("seed", int, dataclasses.MISSING),
     ("config", dict, dataclasses.MISSING),
     ("config_hash", str, dataclasses.MISSING),
+    ("shots", Optional[int], None),
     ("category_kinds", dict, dict),
     ("checkpoint_path", Optional[str], None),
     ("threads", Optional[int], None),
@@ -81,17 +83,22 @@ class JobIdentity:
             self.config_hash,
             self.weights_tag,
             self.precision_tag,
+            self.shots,
         )
 
     def identity(self) -> dict[str, Any]:
         """What a checkpoint must have been written for to be resumed by this job."""
-        return {"method": self.method, "dataset": self.dataset, "categories": sorted(self.categories),
-                "seed": self.seed, "protocol": self.protocol, "config_hash": self.config_hash,
-                "weights": self.weights_tag, "precision": self.precision}
+        identity = {"method": self.method, "dataset": self.dataset, "categories": sorted(self.categories),
+                    "seed": self.seed, "protocol": self.protocol, "config_hash": self.config_hash,
+                    "weights": self.weights_tag, "precision": self.precision}
+        if self.shots is not None:  # (absent otherwise: checkpoints written before --shots still resume)
+            identity["shots"] = self.shots
+        return identity
 
     def record_name(self, category: str) -> str:
         """File name of the record of ``category`` (unique per job key and category)."""
-        parts = [category, self.protocol_tag, f"s{self.seed}", self.config_hash]
+        parts = [category, self.protocol_tag, f"s{self.seed}"] + ([f"k{self.shots}"] if self.shots else [])
+        parts.append(self.config_hash)
         if self.weights_tag:
             parts.append(self.weights_tag)
         if self.precision_tag:
@@ -101,7 +108,7 @@ class JobIdentity:
     @property
     def label(self) -> str:
         cats = self.categories[0] if self.protocol == "single" else f"unified[{','.join(self.categories)}]"
-        return f"{self.method}/{self.dataset}/{cats}/s{self.seed}"
+        return f"{self.method}/{self.dataset}/{cats}/s{self.seed}" + (f"/{self.shots}-shot" if self.shots else "")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -109,6 +109,27 @@ def parse_seeds(spec: str | int | None) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
+def parse_shots(spec: str | int | None) -> Optional[list[int]]:
+    """``--shots 1,2,4,8`` -> [1, 2, 4, 8]; None or '' -> None (every training image)."""
+    if spec is None or spec == "":
+        return None
+    shots = []
+    for item in str(spec).split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            value = int(item)
+        except ValueError:
+            raise ConfigError(f"--shots {spec!r}: expected a positive integer or a comma list of them") from None
+        if value < 1:
+            raise ConfigError(f"--shots {spec!r}: {value} is not a positive number of training images")
+        shots.append(value)
+    if not shots:
+        raise ConfigError(f"--shots {spec!r}: no shot count given")
+    return sorted(dict.fromkeys(shots))
+
+
 def parse_list(spec: Optional[str]) -> Optional[list[str]]:
     """``a,b`` -> [a, b]; None / '' / 'all' -> None (meaning: all)."""
     if spec is None:
@@ -233,6 +254,9 @@ RUN_OPTIONS: tuple[Option, ...] = (
            help="YAML overrides: flat keys, and/or methods: {name: {...}}."),
     Option("seed", ("--seed",), default="0", show_default=True, check=parse_seeds,
            help="Seed or comma list (one job per seed)."),
+    Option("shots", ("--shots",), check=parse_shots, metavar="K[,K...]",
+           help="Few-shot: train each job on K normal images drawn by its seed, nested (the 1-shot image is "
+                "among the 2-shot ones); a comma list gives one job per K [default: every training image]."),
     Option("protocol", ("--protocol",), type=PROTOCOLS, default="single", show_default=True, in_job=True,
            check=one_of("--protocol", PROTOCOLS), help="single: one model per category; unified: one "
            "model over all selected categories."),

@@ -137,6 +137,7 @@ def denormalise(x: torch.Tensor) -> torch.Tensor:
 @register_method("autoencoder")
 class Autoencoder(Detector):
     """U-Net autoencoder trained to reconstruct normal images; anomaly = reconstruction error."""
+    trains_networks = True  # k-shot sets smaller than a batch: drawn with replacement (Detector)
 
     VERSION = 2  # 2: resumable training, data order by (seed, epoch)
     Config = AutoencoderConfig

@@ -123,7 +123,7 @@ from adbench.config import MethodConfig
 from adbench.data import Batch
 from adbench.data.batch_stream import BatchStream, sample_rng, to_device
 from adbench.detector import Detector, Prediction
-from adbench.errors import ConfigError, DataError
+from adbench.errors import ConfigError, DataError, FewShotError
 from adbench.precision import full
 from adbench.registry import register_method
 from adbench.weights import NO_WEIGHTS, WeightsInfo, exact_tag, load_pretrained
@@ -551,6 +551,7 @@ class CutPaste(Detector):
     Switches per paper table row: ``mode`` (tables 1, 4, 5), ``cutout_fill`` (table 4),
     ``feature_level`` (table 3), ``ensemble`` (table 1 "Ensemble").
     """
+    trains_networks = True  # k-shot sets smaller than a batch: drawn with replacement (Detector)
 
     VERSION = 3  # 2: resumable training phases; 3: each step's augmentations seeded by (seed, phase, step)
     Config = CutPasteConfig
@@ -584,6 +585,14 @@ class CutPaste(Detector):
     produces_maps = False
     protocols = ("single",)
     precisions = ("fp32", "tf32", "bf16")  # networks run in context.autocast()
+
+    @classmethod
+    def check_shots(cls, config, shots: int) -> None:
+        """The image score is a Gaussian density (GDE) fitted to the training embeddings: its
+        covariance needs at least two distinct images (one gives a zero covariance)."""
+        if shots < 2:
+            raise FewShotError(f"{cls.name}: {shots}-shot: "
+                               "the Gaussian density estimator (GDE) needs at least 2 training images")
 
     def __init__(self, config: CutPasteConfig, context=None):
         super().__init__(config, context)

@@ -103,7 +103,7 @@ from tqdm import tqdm
 from adbench.components.gde import GaussianDensity
 from adbench.data import Batch
 from adbench.detector import Detector, Prediction
-from adbench.errors import ConfigError, DataError
+from adbench.errors import ConfigError, DataError, FewShotError
 from adbench.registry import register_method
 from adbench.methods.cutpaste import CutPasteConfig, CutPasteTrainer, torch_threads
 
@@ -204,6 +204,7 @@ def upsample_scores(scores: torch.Tensor, patch: int, stride: int, size: tuple[i
 class CutPastePatch(Detector):
     """CutPaste patch-level detector: 32x32-crop CutPaste training, dense patch GDE, Gaussian
     receptive-field upsampling. See the module docstring for sources and choices."""
+    trains_networks = True  # k-shot sets smaller than a batch: drawn with replacement (Detector)
 
     VERSION = 3  # 2: resumable training, paper map (sum of Gaussians); 3: augmentations seeded per step
     Config = CutPastePatchConfig
@@ -219,6 +220,13 @@ class CutPastePatch(Detector):
     produces_maps = True
     protocols = ("single",)
     precisions = ("fp32", "tf32", "bf16")  # networks run in context.autocast()
+
+    @classmethod
+    def check_shots(cls, config, shots: int) -> None:
+        """Each patch position's Gaussian density (GDE) needs at least two distinct training images."""
+        if shots < 2:
+            raise FewShotError(f"{cls.name}: {shots}-shot: "
+                               "the per-patch Gaussian density estimator (GDE) needs at least 2 training images")
 
     def _grid_shape(self, height: int, width: int) -> tuple[int, int]:
         """(Gy, Gx): patches per column and per row, ((size - patch) // stride + 1 on each axis)."""

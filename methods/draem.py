@@ -476,6 +476,7 @@ class DRAEMAnomalySampler:
 @register_method("draem")
 class DRAEM(Detector):
     """Reconstructive + discriminative sub-networks trained on Perlin texture anomalies."""
+    trains_networks = True  # k-shot sets smaller than a batch: drawn with replacement (Detector)
 
     VERSION = 3  # 2: resumable training, data order by (seed, epoch); 3: anomalies seeded per (seed, epoch, image)
     Config = DRAEMConfig

@@ -165,6 +165,7 @@ def anomaly_map(zs: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tens
 @register_method("fastflow")
 class FastFlow(Detector):
     """Per-scale 2D normalising flows on frozen CNN features (see module docstring)."""
+    trains_networks = True  # k-shot sets smaller than a batch: drawn with replacement (Detector)
 
     VERSION = 2  # 2: resumable training, data order by (seed, epoch)
     Config = FastFlowConfig

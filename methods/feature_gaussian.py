@@ -41,7 +41,7 @@ from adbench.components.blur import gaussian_blur
 from adbench.config import MethodConfig
 from adbench.data import Batch
 from adbench.detector import Detector, Prediction
-from adbench.errors import ConfigError, DataError
+from adbench.errors import ConfigError, DataError, FewShotError
 from adbench.precision import full
 from adbench.registry import register_method
 
@@ -77,6 +77,13 @@ class FeatureGaussian(Detector):
     produces_maps = True
     protocols = ("single", "unified")
     precisions = ("fp32", "tf32", "bf16")  # networks run in context.autocast()
+
+    @classmethod
+    def check_shots(cls, config, shots: int) -> None:
+        """The per-location Gaussian's covariance needs at least two distinct images."""
+        if shots < 2:
+            raise FewShotError(f"{cls.name}: {shots}-shot: "
+                               "the per-location Gaussian's covariance needs at least 2 training images")
 
     def __init__(self, config: FeatureGaussianConfig, context=None):
         super().__init__(config, context)

@@ -280,6 +280,7 @@ def official_init(module: nn.Module) -> None:
 @register_method("reverse_distillation")
 class ReverseDistillation(Detector):
     """Teacher-student reverse distillation with a one-class bottleneck (see module docstring)."""
+    trains_networks = True  # k-shot sets smaller than a batch: drawn with replacement (Detector)
 
     VERSION = 2  # 2: resumable training, data order by (seed, epoch)
     Config = ReverseDistillationConfig

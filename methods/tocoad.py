@@ -140,7 +140,7 @@ from adbench.config import MethodConfig
 from adbench.methods._tocoad_training import ToCoADTrainer, parse_ratio
 from adbench.data import Batch
 from adbench.detector import Prediction
-from adbench.errors import ConfigError, DataError
+from adbench.errors import ConfigError, DataError, FewShotError
 from adbench.registry import register_method
 from adbench.methods.patchcore import PatchCore, PatchCoreConfig
 
@@ -293,6 +293,7 @@ class _PickLayers(nn.Module):
 @register_method("tocoad")
 class ToCoAD(PatchCore):
     """DNP + NCL fine-tuning of the extractor, then PatchCore with eq. 8-9 patch re-weighting."""
+    trains_networks = True  # k-shot sets smaller than a batch: drawn with replacement (Detector)
 
     VERSION = 3  # 2: resumable stages, data order by (seed, stage, epoch); 3: anomalies seeded per (seed, stage, epoch, image)
     Config = ToCoADConfig
@@ -321,6 +322,14 @@ class ToCoAD(PatchCore):
     }
     produces_maps = True
     protocols = ("single",)
+
+    @classmethod
+    def check_shots(cls, config, shots: int) -> None:
+        """Stages I/II contrast training images against each other: at least two are needed
+        (``stages=none``, PatchCore on the same features, fits one)."""
+        if shots < 2 and config.stages != "none":
+            raise FewShotError(f"{cls.name}: {shots}-shot: "
+                               "stages I/II contrast training images with each other and need at least 2")
 
     @classmethod
     def texture_source(cls, config: ToCoADConfig) -> Optional[str]:

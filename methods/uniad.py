@@ -201,6 +201,7 @@ def check_recipe_protocol(config: UniADConfig, categories: Mapping[str, object],
 @register_method("uniad")
 class UniAD(Detector):
     """Transformer reconstruction of frozen multi-scale features; see the module docstring."""
+    trains_networks = True  # k-shot sets smaller than a batch: drawn with replacement (Detector)
 
     VERSION = 2  # 2: resumable training, data order by (seed, epoch)
     Config = UniADConfig
@@ -320,7 +321,9 @@ class UniAD(Detector):
         """Every training image's features, extracted once: float32 in RAM when they fit
         ``feature_cache_gb`` and the job's cache RAM, else a float16 memory-mapped file in the
         job's work folder (module docstring). ``self.feature_cache`` says which."""
-        n = len(getattr(train_loader, "dataset", ()) or ())
+        # the images the loader yields: its sampler's length (a k-shot set smaller than a batch is
+        # drawn with replacement to one full batch, more than the dataset holds)
+        n = len(getattr(train_loader, "sampler", ()) or ())
         if not n:  # batches from outside the harness (any iterable): read them once
             train_loader = list(train_loader)
             n = sum(len(b) for b in train_loader)

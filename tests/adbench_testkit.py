@@ -44,6 +44,22 @@ from adbench.detector import Detector, Prediction
 from adbench.registry import register_dataset, register_method
 
 
+#: each neural method's quick profile, shrunk to a step or two on 64-px images (precision and
+#: k-shot tests run every method with these)
+TINY_CONFIGS = {
+    "draem": {"image_size": 64, "epochs": 1, "max_steps": 1},
+    "autoencoder": {"image_size": 64, "epochs": 1, "max_steps": 1},
+    "reverse_distillation": {"image_size": 64, "epochs": 1},
+    "fastflow": {"image_size": 64, "epochs": 1},
+    "uniad": {"image_size": 128, "epochs": 1},  # an 8x8 grid: the 7x7 neighbour mask needs room
+    "cutpaste": {"image_size": 64, "epochs": 1, "steps_per_epoch": 1},
+    "cutpaste_patch": {"image_size": 64, "patch_size": 32, "test_stride": 16, "epochs": 1, "steps_per_epoch": 1},
+    "tocoad": {"image_size": 64, "crop_size": None, "dnp_epochs": 1, "ncl_epochs": 1, "steps_per_epoch": 1},
+    "patchcore": {"image_size": 64, "crop_size": None},
+    "feature_gaussian": {"image_size": 64, "crop_size": None},
+}
+
+
 def _triggered(var: str, categories) -> bool:
     targets = {t.strip() for t in os.environ.get(var, "").split(",") if t.strip()}  # one or a comma list
     return bool(targets & set(categories))

@@ -15,19 +15,7 @@ from adbench.detector import RunContext
 from adbench.jobs import Job
 from adbench.registry import METHODS
 
-#: each neural method's quick profile, shrunk to a step or two on 64-px images
-TINY = {
-    "draem": {"image_size": 64, "epochs": 1, "max_steps": 1},
-    "autoencoder": {"image_size": 64, "epochs": 1, "max_steps": 1},
-    "reverse_distillation": {"image_size": 64, "epochs": 1},
-    "fastflow": {"image_size": 64, "epochs": 1},
-    "uniad": {"image_size": 128, "epochs": 1},  # an 8x8 grid: the 7x7 neighbour mask needs room
-    "cutpaste": {"image_size": 64, "epochs": 1, "steps_per_epoch": 1},
-    "cutpaste_patch": {"image_size": 64, "patch_size": 32, "test_stride": 16, "epochs": 1, "steps_per_epoch": 1},
-    "tocoad": {"image_size": 64, "crop_size": None, "dnp_epochs": 1, "ncl_epochs": 1, "steps_per_epoch": 1},
-    "patchcore": {"image_size": 64, "crop_size": None},
-    "feature_gaussian": {"image_size": 64, "crop_size": None},
-}
+TINY = adbench_testkit.TINY_CONFIGS
 LAYERS = (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)
 
 

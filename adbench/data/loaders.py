@@ -71,16 +71,23 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     uint8: bool = False,
+    with_replacement: bool = False,
 ) -> torch.utils.data.DataLoader:
     """Train loaders shuffle (seeded) and carry no masks; test loaders keep order and masks.
     ``num_workers`` decode in worker processes (``adbench.data.input_settings``), ``pin_memory``
-    lets CUDA copies run asynchronously; neither changes a batch."""
+    lets CUDA copies run asynchronously; neither changes a batch. ``with_replacement`` (k-shot
+    training sets smaller than a batch): each epoch is one full batch drawn with replacement."""
     dataset = SampleDataset(samples, preprocess, with_masks=not train, uint8=uint8)
     generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if with_replacement:
+        sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=batch_size,
+                                                 generator=generator)
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train,
+        shuffle=train and sampler is None,
+        sampler=sampler,
         drop_last=False,
         num_workers=num_workers,
         pin_memory=pin_memory,

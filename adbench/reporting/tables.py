@@ -28,7 +28,7 @@ from adbench.jobs import categories_hash
 
 DEFAULT_METRICS = ("image_auroc", "pixel_auroc")
 FORMATS = ("md", "csv", "latex", "html")
-SETTING_KEYS = ("method", "protocol", "training", "profile", "config_hash", "weights", "precision")
+SETTING_KEYS = ("method", "protocol", "shots", "training", "profile", "config_hash", "weights", "precision")
 
 
 @dataclass
@@ -52,6 +52,7 @@ def setting_fields(record: dict[str, Any]) -> dict[str, Any]:
     return {
         "method": record.get("method"),
         "protocol": protocol,
+        "shots": int(record["shots"]) if record.get("shots") else 0,  # 0: every training image
         # a unified model is defined by the categories it was trained on
         "training": ",".join(sorted(record.get("training_categories") or [])) if protocol != "single" else "",
         "profile": record.get("profile"),
@@ -88,7 +89,7 @@ def long_frame(records: Iterable[dict[str, Any]], metrics: Optional[Iterable[str
                 "value": values.get(metric) if r.get("status") == "ok" else None,
                 "reason": (undefined.get(metric) if r.get("status") == "ok" else r.get("error")),
             })
-    columns = ["method", "dataset", "category", "category_kind", "protocol", "training", "profile", "seed",
+    columns = ["method", "dataset", "category", "category_kind", "protocol", "shots", "training", "profile", "seed",
                "config_hash", "weights", "precision", "geometry", "status", "metric", "value", "reason"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -102,6 +103,8 @@ def column_labels(frame: pd.DataFrame) -> dict[tuple, str]:
         unified_sets = group.loc[group["protocol"] != "single", "training"].nunique()
         for row in group.itertuples(index=False):
             label = str(method)
+            if row.shots:
+                label += f" ({row.shots}-shot)"
             if row.protocol != "single":
                 label += f" ({row.protocol})"
                 if unified_sets > 1:

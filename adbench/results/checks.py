@@ -11,7 +11,7 @@ tool's JSON or a bug in a plugin may not):
 
 * it is a JSON object with ``method``, ``dataset`` and ``category`` as non-empty strings,
   ``status`` ``ok`` or ``failed``; ``protocol``, ``config_hash``, ``record_name``, ``profile``
-  strings and ``seed`` an integer where present;
+  strings, ``seed`` an integer and ``shots`` (k-shot protocol) a positive integer where present;
 * ``metrics`` is an object; each value is ``null`` or a finite number (not a string, not a
   boolean) in [0, 1]: every metric adbench computes (AUROC, AUPRO, F1, AP) is a rate;
 * ``per_defect`` is an object of objects whose metrics obey the same rule;
@@ -75,6 +75,9 @@ def problem_of(record: Any) -> Optional[str]:
     seed = record.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         return f"'seed' is {type(seed).__name__} {seed!r}, not an integer"
+    shots = record.get("shots")
+    if shots is not None and (not isinstance(shots, int) or isinstance(shots, bool) or shots < 1):
+        return f"'shots' is {shots!r}, not a positive number of training images"
     if record.get("status") not in STATUSES:
         return f"'status' is {record.get('status')!r}, not ok or failed"
     metrics = record.get("metrics")

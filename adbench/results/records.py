@@ -63,6 +63,7 @@ def base_record(job: Job, category: str, started: Optional[str] = None) -> dict[
         "protocol": job.protocol,
         "training_categories": list(job.categories),
         "seed": job.seed,
+        "shots": job.shots,  # k-shot protocol: K training images per category (None: all)
         "profile": job.profile,
         "config": job.config,
         "config_hash": job.config_hash,

@@ -127,7 +127,7 @@ def check_run(opts: RunOptions) -> Grid:
     values["textures"] = check_textures(configs, opts.profile, values["textures"], notes)
     adapter = dataset_cls(opts.data_root)
     categories = adapter.select(parse_list(opts.category))
-    validate_categories(adapter, categories)
+    validate_categories(adapter, categories, values.get("shots"))
     methods = check_protocols(methods, configs, categories, opts, notes)
     fp32_only = [m for m in methods if values["precision"] not in METHODS.get(m).precisions]
     if fp32_only:
@@ -240,21 +240,22 @@ def select_methods(opts: RunOptions, notes: list[str]) -> list[str]:
 
 
 def build_jobs(grid: Grid, ckpt_root: Path) -> list[Job]:
-    """One job per (method, seed, category) (``single``) or per (method, seed) (``unified``),
-    each carrying the in-job options; duplicates (``--method a,a``) once."""
+    """One job per (method, shots, seed, category) (``single``) or per (method, shots, seed)
+    (``unified``), each carrying the in-job options; duplicates (``--method a,a``) once."""
     carried = job_values(grid.options)
     jobs: list[Job] = []
     for method in grid.methods:
         config = grid.configs[method]
         groups = [[c] for c in grid.categories] if carried["protocol"] == "single" else [list(grid.categories)]
-        for seed in grid.options["seed"]:
-            for cats in groups:
-                job = Job(**{**carried, "precision": "fp32" if method in grid.fp32_only else carried["precision"]},
-                          method=method, categories=cats, seed=seed, config=_plain(config.to_dict()),
-                          config_hash=config.config_hash(), category_kinds={c: grid.kinds[c] for c in cats})
-                if job.checkpoint_every > 0:
-                    job = dataclasses.replace(job, checkpoint_path=str(checkpoint_path(ckpt_root, job)))
-                jobs.append(job)
+        for shots in grid.options["shots"] or [None]:
+            for seed in grid.options["seed"]:
+                for cats in groups:
+                    job = Job(**{**carried, "precision": "fp32" if method in grid.fp32_only else carried["precision"]},
+                              method=method, categories=cats, seed=seed, shots=shots, config=_plain(config.to_dict()),
+                              config_hash=config.config_hash(), category_kinds={c: grid.kinds[c] for c in cats})
+                    if job.checkpoint_every > 0:
+                        job = dataclasses.replace(job, checkpoint_path=str(checkpoint_path(ckpt_root, job)))
+                    jobs.append(job)
     return list({job.key(): job for job in jobs}.values())
 
 
@@ -400,16 +401,21 @@ def _texture_sources(configs: dict[str, Any]) -> dict[str, Optional[str]]:
     return out
 
 
-def validate_categories(adapter, categories: list[str]) -> None:
-    """Index and validate every selected category; one DataError listing every problem."""
+def validate_categories(adapter, categories: list[str], shots: Optional[list[int]] = None) -> None:
+    """Index and validate every selected category (and that each has the largest ``--shots``
+    training images); one DataError listing every problem."""
     from adbench.dataset import validate_index
 
     problems: list[str] = []
     for category in categories:
         try:
-            validate_index(adapter.index(category), category=category)
+            index = adapter.index(category)
+            validate_index(index, category=category)
         except DataError as exc:
             problems.extend(exc.problems)
+            continue
+        if shots and max(shots) > len(index.train):
+            problems.append(f"--shots {max(shots)}: {category} has only {len(index.train)} training image(s)")
     if problems:
         head = problems[0] if len(problems) == 1 else f"{len(problems)} data problems"
         raise DataError(head, problems=problems)

@@ -19,7 +19,7 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
 import numpy as np
@@ -110,6 +110,8 @@ class Fitted:
     n_train: int
     fit_seconds: float  # every attempt of a resumed job
     resumed_from: Optional[dict[str, Any]]
+    shot_images: dict[str, list[str]] = field(default_factory=dict)  # k-shot: category -> drawn files
+    with_replacement: bool = False  # k-shot with K below the batch size: batches drawn with replacement
 
 
 def execute_job(job: Job, started: str | None = None) -> list[dict[str, Any]]:
@@ -178,9 +180,12 @@ def fit_detector(job: Job, method_cls, indexes, process: JobProcess, workdir: st
     the job's checkpoint is not loaded)."""
     from adbench.config import resolve_config
     from adbench.data import make_loader
+    from adbench.data.shots import draw_shots, shot_names
     from adbench.detector import RunContext
 
     config = resolve_config(method_cls.Config, {"paper": {}}, "paper", job.config, method=job.method)
+    if job.shots is not None:
+        method_cls.check_shots(config, job.shots)  # FewShotError: the job stops before fitting
     checkpoints = make_checkpointing(job, method_cls, process.device, threads=process.threads, fresh=fresh)
     context = RunContext(device=process.device, seed=job.seed, weights=job.weights, profile=job.profile,
                          progress=job.progress, workdir=workdir,
@@ -189,9 +194,14 @@ def fit_detector(job: Job, method_cls, indexes, process: JobProcess, workdir: st
     detector = method_cls(config, context)
     preprocess = detector.preprocess()
     loading = {"num_workers": context.inputs.workers, "pin_memory": context.inputs.pin_memory}
-    train = [s for c in job.categories for s in indexes[c].train]
-    train_loader = make_loader(train, preprocess, batch_size=int(getattr(config, "batch_size", 32)), train=True,
-                               seed=job.seed, **loading)
+    drawn = {c: draw_shots(indexes[c].train, job.shots, job.seed, c) for c in job.categories}
+    train = [s for c in job.categories for s in drawn[c]]
+    batch_size = int(getattr(config, "batch_size", 32))
+    # k-shot: a network trainer's batch larger than K is filled by drawing with replacement
+    # (recorded), never refused (``Detector.trains_networks``)
+    with_replacement = job.shots is not None and method_cls.trains_networks and len(train) < batch_size
+    train_loader = make_loader(train, preprocess, batch_size=batch_size, train=True, seed=job.seed,
+                               with_replacement=with_replacement, **loading)
     t0 = time.perf_counter()
     detector.fit(train_loader)
     _sync(process.device)
@@ -201,7 +211,9 @@ def fit_detector(job: Job, method_cls, indexes, process: JobProcess, workdir: st
     resumed_from = None if resumed is None else {
         "phase": resumed.phase, "epoch": resumed.epoch, "step": resumed.step, "saved_at": resumed.saved_at,
         "fit_seconds_before": resumed.fit_seconds_before, "final": resumed.final}
-    return Fitted(detector, context, preprocess, loading, len(train), fit_seconds, resumed_from)
+    shot_images = {c: shot_names(drawn[c]) for c in job.categories} if job.shots is not None else {}
+    return Fitted(detector, context, preprocess, loading, len(train), fit_seconds, resumed_from, shot_images,
+                  with_replacement)
 
 
 def evaluate_category(job: Job, method_cls, fitted: Fitted, process: JobProcess, index, kind: str,
@@ -229,6 +241,8 @@ def evaluate_category(job: Job, method_cls, fitted: Fitted, process: JobProcess,
         knn_device=detector.knn_device(), input_pipeline=context.inputs.record(),
         image_cache=context.image_cache_facts(), **process.precision_flags,
         n_train_images=fitted.n_train, torch_threads=process.threads,
+        shots=job.shots, shot_images=fitted.shot_images.get(record["category"]) if job.shots is not None else None,
+        train_batches_with_replacement=fitted.with_replacement,
         torch_threads_attempts=checkpoints.threads_attempts,
     )
     return record

@@ -38,6 +38,11 @@ class Setting:
         return self.key[0]
 
     @property
+    def shots(self) -> int:
+        """The k-shot protocol's K, 0 for every training image."""
+        return int(self.key[SETTING_KEYS.index("shots")] or 0)
+
+    @property
     def ok(self) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get("status") == "ok"]
 

@@ -27,17 +27,21 @@ PAPER, REDUCED = "paper budget", "reduced budget or weights"
 
 
 def leaderboard(dataset: str, settings: list, cache) -> list[dict[str, Any]]:
-    """The groups (paper budget first) of one dataset, each with rows, ranking and charts."""
+    """The groups of one dataset (full training sets first, then each k-shot K; paper budget
+    before reduced), each with rows, ranking and charts: a 1-shot result is never ranked
+    against a full-shot one."""
     groups = []
-    for name in (PAPER, REDUCED):
-        members = [s for s in settings if (not s.badges()) == (name == PAPER)]
-        if members:
-            groups.append(_group(dataset, name, members, cache))
+    for shots in sorted({s.shots for s in settings}):
+        for tier in (PAPER, REDUCED):
+            members = [s for s in settings if s.shots == shots and (not s.badges()) == (tier == PAPER)]
+            if members:
+                groups.append(_group(dataset, tier, shots, members, cache))
     return groups
 
 
-def _group(dataset: str, name: str, settings: list, cache) -> dict[str, Any]:
-    slug = "paper" if name == PAPER else "reduced"
+def _group(dataset: str, tier: str, shots: int, settings: list, cache) -> dict[str, Any]:
+    slug = ("paper" if tier == PAPER else "reduced") + (f"-{shots}shot" if shots else "")
+    name = tier + (f", {shots}-shot" if shots else "")
     ranked = ranking.rank(settings, RANK_METRIC, element_id=f"cd-{dataset}-{slug}")
     rows = [_row(s, ranked, cache) for s in settings]
     rows.sort(key=lambda r: (r["rank"] is None, r["rank"] if r["rank"] is not None else 0.0,
