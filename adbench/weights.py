@@ -240,13 +240,23 @@ def _explicit_file(path: Path, tag: str) -> WeightsInfo:
     return WeightsInfo(tag, f"--weights {path.name}{verified}", file_sha256(path))
 
 
+def _probe_model(tag: str):
+    """The network a weights file of ``tag`` is checked against before any job: timm's
+    ``features_only`` model (a file with or without its classifier fits), except where timm
+    only wraps the whole network for that (ViTs: ``FeatureGetterNet``, keys prefixed ``model.``,
+    final norm pruned): there the whole model, as ``components/dinov2.py`` loads it."""
+    model = _timm().create_model(tag, pretrained=False, features_only=True)
+    if type(model).__name__ == "FeatureGetterNet":
+        return _timm().create_model(tag, pretrained=False)
+    return model
+
+
 def unusable_file_problem(path: Path, tag: str) -> Optional[str]:
     """Why the weights-folder file of ``tag`` cannot be used (truncated, corrupt, another
     architecture), read once before any job; None when it loads into ``tag``'s model."""
     try:
         state = read_state_dict(path)
-        model = _timm().create_model(tag, pretrained=False, features_only=True)
-        load_state_into(model, state, f"${WEIGHTS_DIR_ENV} file {path}", tag)
+        load_state_into(_probe_model(tag), state, f"${WEIGHTS_DIR_ENV} file {path}", tag)
     except WeightsError as exc:
         return str(exc)
     return None
@@ -333,8 +343,7 @@ def check_available(needs: Mapping[str, Iterable[str]], weights: Optional[str], 
         state = read_state_dict(path)  # empty, truncated, corrupt or unsafe: one line, now
         for tag in needs:
             _explicit_file(path, tag)  # a file known to be another tag is refused up front
-            model = _timm().create_model(tag, pretrained=False, features_only=True)
-            load_state_into(model, state, f"--weights {path}", tag)  # the wrong architecture
+            load_state_into(_probe_model(tag), state, f"--weights {path}", tag)  # the wrong architecture
         return []
     online: Optional[bool] = None
     problems, warnings_out = [], []

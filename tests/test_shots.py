@@ -123,7 +123,8 @@ def test_every_method_runs_one_shot_or_stops_with_its_reason(tmp_path):
     METHODS.load()
     builtin = sorted(n for n in METHODS.names() if METHODS.get(n).__module__.startswith("adbench.methods."))
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({"methods": adbench_testkit.TINY_CONFIGS}))
+    tiny = {**adbench_testkit.TINY_CONFIGS, "anomalydino": {"image_size": 56}}  # a 4x4 patch grid
+    config.write_text(yaml.safe_dump({"methods": tiny}))
     res = tmp_path / "res"
     out = CliRunner().invoke(main, ["run", "-q", "--method", ",".join(builtin), "--dataset", "synthetic", "--category", "chip",
                                     "--shots", "1", "--profile", "quick", "--weights", "random",
@@ -131,7 +132,7 @@ def test_every_method_runs_one_shot_or_stops_with_its_reason(tmp_path):
     assert out.exit_code == 1, out.output
     assert "Traceback" not in out.output
     records = {r["method"]: r for r in (json.loads(p.read_text()) for p in res.rglob("*.json"))}
-    assert set(records) == set(builtin) and len(builtin) >= 11
+    assert set(records) == set(builtin) and len(builtin) >= 12
     stopped = {m: r["error"] for m, r in records.items() if r["status"] != "ok"}
     assert set(stopped) == set(ONE_SHOT_STOPS)
     for method, reason in ONE_SHOT_STOPS.items():

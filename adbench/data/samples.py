@@ -6,10 +6,11 @@ Conventions (DESIGN.md):
   their bit depth to 8 bits, not clipped), CMYK...
 * Masks load as ``mask > 0`` (VisA masks are label maps), and an anomalous image without mask
   file (only allowed by adapters that say so) gets an all-zero mask.
-* Geometry: square resize (aspect not kept, the whole image stays in view), then an optional
-  centre crop. Images and masks go through exactly the same geometry; masks use
-  nearest-neighbour so they stay binary. An anomalous image whose defect a crop cuts away keeps
-  its image label; ``Batch.defect_cropped`` flags it so the record can count such images.
+* Geometry: square resize (aspect not kept, the whole image stays in view; PIL bilinear, or
+  bicubic where a method's recipe says so), then an optional centre crop. Images and masks go
+  through exactly the same geometry; masks use nearest-neighbour so they stay binary. An
+  anomalous image whose defect a crop cuts away keeps its image label; ``Batch.defect_cropped``
+  flags it so the record can count such images.
 * Images reach the detector as float tensors in [0, 1]; normalisation is the method's business.
 """
 from __future__ import annotations
@@ -72,21 +73,30 @@ class Batch:
         return self
 
 
+_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """Geometry shared by image and mask: square resize, then optional centre crop."""
+    """Geometry shared by image and mask: square resize, then optional centre crop.
+
+    ``resample``: PIL filter of the image resize, ``bilinear`` (default) or ``bicubic`` (both
+    antialiased when shrinking, as PIL resizes); masks always use nearest-neighbour."""
 
     image_size: int = 256
     crop_size: Optional[int] = None
+    resample: str = "bilinear"
 
     @property
     def output_size(self) -> int:
         return int(self.crop_size or self.image_size)
 
     def describe(self) -> str:
-        """Short text for records and tables (``resize256`` / ``resize256-crop224``)."""
+        """Short text for records and tables (``resize256`` / ``resize256-crop224``;
+        ``-bicubic`` appended for a bicubic resize)."""
         text = f"resize{self.image_size}"
-        return text + (f"-crop{self.crop_size}" if self.crop_size else "")
+        text += f"-crop{self.crop_size}" if self.crop_size else ""
+        return text + ("" if self.resample == "bilinear" else f"-{self.resample}")
 
     def image(self, img: Image.Image) -> torch.Tensor:
         """RGB PIL image -> [3, S, S] float tensor in [0, 1]."""
@@ -95,7 +105,7 @@ class Preprocess:
     def image_uint8(self, img: Image.Image) -> torch.Tensor:
         """RGB PIL image -> [3, S, S] uint8 tensor (what the decoded-image cache keeps;
         ``image`` is exactly this divided by 255)."""
-        img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
+        img = img.resize((self.image_size, self.image_size), _RESAMPLE[self.resample])
         tensor = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
         return self._crop(tensor).contiguous()
 
