@@ -26,7 +26,7 @@ run -m cutpaste -d mvtec --data-root "$MVTEC" -c bottle --profile quick_scratch 
 
 # magnetic_tile (802 train / 538 test). Memory banks use the paper's 1 % coreset option: 10 %
 # of its 629k patches would cost ~10x bottle's whole selection.
-run -m autoencoder,cutpaste,cutpaste_patch,draem,fastflow,feature_gaussian,mean_image,reverse_distillation,uniad \
+run -m anomalydino,autoencoder,cutpaste,cutpaste_patch,draem,fastflow,feature_gaussian,mean_image,reverse_distillation,uniad \
     -d folder --data-root "$TILE" --profile quick
 run -m patchcore,tocoad -d folder --data-root "$TILE" --profile quick --set coreset_ratio=0.01
 run -m cutpaste -d folder --data-root "$TILE" --profile quick_scratch
