@@ -104,12 +104,7 @@ class Collection:
 
     def relative(self, path: Optional[str]) -> str:
         """A record's file relative to the results folder (what a reader can find)."""
-        if not path:
-            return ""
-        try:
-            return str(Path(path).resolve().relative_to(self.root.resolve()))
-        except ValueError:
-            return str(path)
+        return relative_to(self.root, path) if path else ""
 
 
 def collect(results: str | Path, datasets: Optional[list[str]] = None) -> Collection:
@@ -126,16 +121,17 @@ def collect(results: str | Path, datasets: Optional[list[str]] = None) -> Collec
     records = [r for r in store.records() if not datasets or r.get("dataset") in datasets]
     moved = sorted(str(p.relative_to(root)) for p in root.rglob(f"*.json{INVALID_SUFFIX}*")
                    if not any(part.startswith(".") for part in p.relative_to(root).parts))
-    refused = sorted(set((_relative_to(root, p), reason) for p, reason in refused))
+    refused = sorted(set((relative_to(root, p), reason) for p, reason in refused))
     return Collection(root=root, records=records, refused=refused, moved_aside=moved,
                       settings=group_settings(records))
 
 
-def _relative_to(root: Path, path: str) -> str:
+def relative_to(root: Path, path: str) -> str:
+    """``path`` relative to ``root`` when it lies below it, else as given."""
     try:
         return str(Path(path).resolve().relative_to(root.resolve()))
     except ValueError:
-        return path
+        return str(path)
 
 
 def group_settings(records: list[dict[str, Any]]) -> dict[str, list[Setting]]:
