@@ -57,6 +57,8 @@ TINY_CONFIGS = {
     "tocoad": {"image_size": 64, "crop_size": None, "dnp_epochs": 1, "ncl_epochs": 1, "steps_per_epoch": 1},
     "patchcore": {"image_size": 64, "crop_size": None},
     "feature_gaussian": {"image_size": 64, "crop_size": None},
+    # a 4x4 patch grid of the ViT-S/14 register encoder, one iteration
+    "dinomaly": {"image_size": 56, "crop_size": None, "batch_size": 2, "iterations": 1, "warmup_iterations": 0},
 }
 
 

@@ -61,9 +61,23 @@ def record(method="cutpaste", category="bottle", value=0.991, seed=0, **config):
 
 
 # ----------------------------------------------------------------------------------- our side
+def test_k_shot_records_pair_only_with_rows_of_the_same_k():
+    """Issue 26: a 1-shot published number is not a full-shot one (``shots`` is an identity key)."""
+    ref = pd.DataFrame([row(method="anomalydino", category="mean", value=0.966, setting="1-shot", shots="1"),
+                        row(method="anomalydino", category="bottle", value=0.99, setting="full")])
+    one_shot = {**record(method="anomalydino", category="bottle"), "shots": 1}
+    full_shot = record(method="anomalydino", category="bottle")
+    assert mt.our_setting_fields(one_shot)["shots"] == "1"
+    [pair] = [p for p in mt.match([one_shot], ref, ["image_auroc"]) if p.category == "bottle"]
+    assert pair.reference is None and pair.mismatched == ("shots",)
+    [pair] = [p for p in mt.match([full_shot], ref, ["image_auroc"]) if p.category == "bottle"]
+    assert pair.reference is not None and float(pair.reference["value"]) == 0.99
+    assert mt.our_budget({"iterations": 300}) == "300 iterations" and mt.our_budget({"iterations": None}) == ""
+
+
 def test_our_setting_fields_read_the_config_of_each_method():
     fields = mt.our_setting_fields(record())
-    assert fields == {"mode": "3way", "protocol": "single", "backbone": "tf_efficientnet_lite0",
+    assert fields == {"mode": "3way", "protocol": "single", "shots": "", "backbone": "tf_efficientnet_lite0",
                       "weights": "imagenet", "image_size": 128, "budget": "1+2 epochs of 15 steps"}
     scratch = record(backbone="resnet18", pretrained=False, head_only_epochs=0, epochs=3, steps_per_epoch=50)
     scratch.update(weights_tag="random", weights_source="from scratch")
@@ -77,7 +91,7 @@ def test_our_setting_fields_read_the_config_of_each_method():
     assert (tocoad["mode"], tocoad["budget"], tocoad["image_size"]) == ("cutpaste+stages=ncl", "0+3 epochs", 224)
     patchcore = {"method": "patchcore", "config": {"backbone": "wide_resnet50_2.racm_in1k"},
                  "weights_tag": "wide_resnet50_2.racm_in1k", "protocol": "unified"}
-    assert mt.our_setting_fields(patchcore) == {"mode": "", "protocol": "unified", "backbone": "wide_resnet50_2",
+    assert mt.our_setting_fields(patchcore) == {"mode": "", "protocol": "unified", "shots": "", "backbone": "wide_resnet50_2",
                                                 "weights": "imagenet", "image_size": None, "budget": ""}
 
 

@@ -6,6 +6,7 @@ killed right after a step that falls mid-epoch; resumed from that checkpoint. On
 same seed and threads, the resumed model's scores and maps equal the uninterrupted one's."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,9 @@ from adbench.registry import METHODS
 from adbench.run.worker import seed_everything
 from resume_kit import train_three_ways
 from test_draem import as_batches, stripes_category
+from adbench_testkit import stripes_with_blobs
+from test_anomalydino import batches as named_batches
+from test_dinomaly import make_dinomaly
 
 
 def _same_predictions(a, b, test_images):
@@ -61,6 +65,24 @@ def test_fastflow_resumed_mid_epoch_equals_uninterrupted(tmp_path, monkeypatch):
     assert (ckpt.resumed.epoch, ckpt.resumed.step, ckpt.steps_this_attempt) == (1, 2, 9 - 5)
     assert resumed.loss_history == whole.loss_history
     pa, pb = whole.predict(as_batch(test)), resumed.predict(as_batch(test))
+    assert torch.equal(pa.scores, pb.scores) and torch.equal(pa.maps, pb.maps)
+
+
+def test_dinomaly_resumed_mid_epoch_equals_uninterrupted(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(1)
+    train, test, _, _ = stripes_with_blobs(rng, 6, 4, size=56)
+    data = named_batches(torch.from_numpy(np.stack(train)), "stripes", size=3)
+
+    def build(ckpt):
+        return make_dinomaly(checkpoints=ckpt, image_size=56, crop_size=None, iterations=5, batch_size=2, warmup_iterations=2)
+
+    whole, resumed, ckpt = train_three_ways(build, data, tmp_path, kill_at=4, monkeypatch=monkeypatch)
+    # 3 steps per epoch (6 images, batch 2): 2 epochs, stopped after the 5th iteration
+    assert (ckpt.resumed.epoch, ckpt.resumed.step, ckpt.steps_this_attempt) == (1, 1, 5 - 4)
+    assert resumed.loss_history == whole.loss_history and len(whole.loss_history) == 2
+    test_batch = named_batches(torch.from_numpy(np.stack(test)), "stripes", size=4)[0]
+    pa, pb = whole.predict(test_batch), resumed.predict(test_batch)
     assert torch.equal(pa.scores, pb.scores) and torch.equal(pa.maps, pb.maps)
 
 

@@ -155,6 +155,20 @@ class DinoV2(nn.Module):
         return model.norm_pre(torch.cat([prefix, tokens], dim=1))
 
     @torch.no_grad()
+    def block_outputs(self, images: torch.Tensor, layers: tuple[int, ...]) -> tuple[list[torch.Tensor], tuple[int, int]]:
+        """Images in [0, 1] -> (the full token sequences [B, prefix + gh*gw, C] leaving each block
+        in ``layers`` (0-based, no final norm; Dinomaly's encoder features), (gh, gw)). Blocks
+        after the last requested one are not run."""
+        x = self.crop((images - self.mean) / self.std)
+        grid, wanted, out = self.grid(*x.shape[-2:]), set(int(i) for i in layers), []
+        tokens = self.embed(x)
+        for i, block in enumerate(self.model.blocks[: max(wanted) + 1]):
+            tokens = block(tokens)
+            if i in wanted:
+                out.append(tokens)
+        return out, grid
+
+    @torch.no_grad()
     def patch_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Images in [0, 1] -> (last block's normed patch tokens [B, gh*gw, C], (gh, gw))."""
         x = self.crop((images - self.mean) / self.std)

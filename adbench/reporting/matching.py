@@ -8,10 +8,11 @@ only with rows that agree on what the method *is*, and everything else is named.
 
 Two kinds of setting keys, both columns of the reference CSVs (``reference.SETTING_COLUMNS``):
 
-* identity keys (``IDENTITY_KEYS``: ``mode``, ``protocol``). They change the detector itself: the
-  proxy task (CutPaste binary / scar / 3way, Table 1 and Table 5 of seed 003; ToCoAD's anomaly
-  generator, Table 7 of seed 002), or one model for all categories against one per category
-  (UniAD's ``unified``). A row pairs with a record only if both agree, with dataset, category,
+* identity keys (``IDENTITY_KEYS``: ``mode``, ``protocol``, ``shots``). They change the detector
+  itself: the proxy task (CutPaste binary / scar / 3way, Table 1 and Table 5 of seed 003;
+  ToCoAD's anomaly generator, Table 7 of seed 002), one model for all categories against one per
+  category (UniAD's ``unified``), or K training images against the full training set (issue 26:
+  AnomalyDINO's 1-shot numbers; an empty ``shots`` cell is the full training set). A row pairs with a record only if both agree, with dataset, category,
   metric and method.
 * named keys (``NAMED_KEYS``: backbone, weights, image size, budget, seeds). They change how
   well the same method was run. A paired row lists each one that differs ("backbone: ours
@@ -43,8 +44,8 @@ from typing import Any, Iterable, Mapping, Optional
 
 import pandas as pd
 
-SETTING_COLUMNS = ("mode", "protocol", "backbone", "weights", "image_size", "budget", "seeds")
-IDENTITY_KEYS = ("mode", "protocol")
+SETTING_COLUMNS = ("mode", "protocol", "shots", "backbone", "weights", "image_size", "budget", "seeds")
+IDENTITY_KEYS = ("mode", "protocol", "shots")
 NAMED_KEYS = ("backbone", "weights", "image_size", "budget", "seeds")
 NAMED_LABELS = {"backbone": "backbone", "weights": "weights", "image_size": "image size", "budget": "budget",
                 "seeds": "seeds"}
@@ -145,6 +146,7 @@ def paper_setting_fields(row: Mapping[str, Any]) -> dict[str, Any]:
     the CSV says ``unified``, as every record without a protocol is (``tables.long_frame``)."""
     return {"mode": cell_text(row.get("mode")).lower(),
             "protocol": cell_text(row.get("protocol")).lower() or "single",
+            "shots": str(as_int(row.get("shots")) or ""),
             "backbone": cell_text(row.get("backbone")),
             "weights": cell_text(row.get("weights")).lower(),
             "image_size": as_int(row.get("image_size")),
@@ -225,6 +227,8 @@ def our_budget(config: Mapping[str, Any]) -> str:
     epoch is a fixed step count (CutPaste: 256 steps), caps in brackets; empty without training."""
     if "dnp_epochs" in config:
         return _tocoad_budget(config)
+    if as_int(config.get("iterations")):  # Dinomaly counts optimiser steps (its None: the protocol's default)
+        return f"{as_int(config['iterations'])} iterations"
     epochs = as_int(config.get("epochs"))
     if epochs is None:
         return ""
@@ -256,6 +260,7 @@ def our_setting_fields(record: Mapping[str, Any]) -> dict[str, Any]:
     config = record.get("config") or {}
     return {"mode": our_mode(cell_text(record.get("method")), config),
             "protocol": cell_text(record.get("protocol")).lower() or "single",
+            "shots": str(as_int(record.get("shots")) or ""),
             "backbone": our_backbone(config),
             "weights": our_weights(record, config),
             "image_size": our_image_size(config),
@@ -282,7 +287,7 @@ def setting_label(record: Mapping[str, Any]) -> str:
 # Comparing one setting with one row
 # --------------------------------------------------------------------------------------------
 def mismatched_keys(ours: Mapping[str, Any], paper: Mapping[str, Any]) -> tuple[str, ...]:
-    """The identity keys (mode, protocol) on which our setting and a published one differ."""
+    """The identity keys (mode, protocol, shots) on which our setting and a published one differ."""
     return tuple(k for k in IDENTITY_KEYS if (ours.get(k) or "") != (paper.get(k) or ""))
 
 

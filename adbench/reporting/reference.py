@@ -72,7 +72,7 @@ REQUIRED_COLUMNS = ("method", "dataset", "category", "metric", "value", "source"
 IDENTITY = ("method", "dataset", "category", "metric", "source", "setting")
 ROLES = ("main", "ablation", "unverified", "test_selected")
 NOTE_REQUIRED = ("unverified", "test_selected")  # roles that must carry a ``note``
-INT_SETTING_COLUMNS = ("image_size", "seeds")
+INT_SETTING_COLUMNS = ("shots", "image_size", "seeds")
 
 
 def default_dir() -> Path:
@@ -150,7 +150,7 @@ def validate(frame: pd.DataFrame, known_categories: dict[str, Iterable[str]]) ->
 def setting_problems(row: Any) -> list[str]:
     """What is wrong with a row's setting columns (none when absent): ``protocol`` single /
     unified / empty, ``weights`` imagenet / scratch / empty, ``image_size`` and ``seeds`` positive
-    integers or empty. ``mode`` is free (each method names its own variants)."""
+    integers or empty, ``shots`` too (empty: the full training set). ``mode`` is free (each method names its own variants)."""
     problems = []
     protocol, weights = cell_text(row.get("protocol")), cell_text(row.get("weights"))
     if protocol not in PROTOCOLS + ("",):
@@ -167,8 +167,8 @@ def setting_problems(row: Any) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # adbench table --reference
 # --------------------------------------------------------------------------------------------
-MATCH_NOTE = ("A published number stands next to ours only where dataset, category, metric, method, mode and "
-              "protocol agree; 'differences' names what else differs where the source states it (backbone, "
+MATCH_NOTE = ("A published number stands next to ours only where dataset, category, metric, method, mode, "
+              "protocol and shots (K-shot or full training set) agree; 'differences' names what else differs where the source states it (backbone, "
               "weights, image size, budget, seeds). 'no matching row': none agrees; the closest published row is "
               "named in 'paper setting' with the keys it differs in, and is not a counterpart of ours. "
               "'no published row': the method has no published number for this category and metric.")
