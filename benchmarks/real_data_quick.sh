@@ -26,16 +26,16 @@ run -m cutpaste -d mvtec --data-root "$MVTEC" -c bottle --profile quick_scratch 
 
 # magnetic_tile (802 train / 538 test). Memory banks use the paper's 1 % coreset option: 10 %
 # of its 629k patches would cost ~10x bottle's whole selection.
-run -m anomalydino,autoencoder,cutpaste,cutpaste_patch,draem,fastflow,feature_gaussian,mean_image,reverse_distillation,uniad \
+run -m anomalydino,autoencoder,cutpaste,cutpaste_patch,dinomaly,draem,fastflow,feature_gaussian,mean_image,reverse_distillation,uniad \
     -d folder --data-root "$TILE" --profile quick
 run -m patchcore,tocoad -d folder --data-root "$TILE" --profile quick --set coreset_ratio=0.01
 run -m cutpaste -d folder --data-root "$TILE" --profile quick_scratch
 
-# UniAD's own protocol: one model over both categories (a folder of links, one per category)
+# UniAD's and Dinomaly's own protocol: one model over both categories (a folder of links, one per category)
 UNIFIED="${TMPDIR:-/tmp}/adbench-unified-bottle-magnetic_tile"
 mkdir -p "$UNIFIED"
 ln -sfn "$(cd "$MVTEC/bottle" && pwd)" "$UNIFIED/bottle"
 ln -sfn "$(cd "$TILE" && pwd)" "$UNIFIED/magnetic_tile"
-run -m uniad -d folder --data-root "$UNIFIED" --protocol unified --profile quick
+run -m uniad,dinomaly -d folder --data-root "$UNIFIED" --protocol unified --profile quick
 
 exit $status

@@ -70,12 +70,13 @@ def cosine_map(encoder: list[torch.Tensor], decoder: list[torch.Tensor], size: t
 
 
 def gaussian_kernel(size: int = 5, sigma: float = 4.0) -> torch.Tensor:
-    """``get_gaussian_kernel``: a normalised ``size`` x ``size`` Gaussian, ``[1, 1, size, size]``."""
-    coords = torch.arange(size, dtype=torch.float64)
-    centre = (size - 1) / 2.0
+    """``get_gaussian_kernel``: a normalised ``size`` x ``size`` Gaussian, ``[1, 1, size, size]``,
+    computed in float32 in the official order (so the kernel is the official one to the last bit)."""
+    coords = torch.arange(size, dtype=torch.float32)
+    centre, variance = (size - 1) / 2.0, float(sigma) ** 2
     squared = (coords.view(-1, 1) - centre) ** 2 + (coords.view(1, -1) - centre) ** 2
-    kernel = torch.exp(-squared / (2.0 * sigma**2)) / (2.0 * math.pi * sigma**2)
-    return (kernel / kernel.sum()).float().view(1, 1, size, size)
+    kernel = (1.0 / (2.0 * math.pi * variance)) * torch.exp(-squared / (2 * variance))
+    return (kernel / torch.sum(kernel)).view(1, 1, size, size)
 
 
 def evaluation_map(raw: torch.Tensor, *, map_size: int = 256, kernel_size: int = 5, sigma: float = 4.0) -> torch.Tensor:

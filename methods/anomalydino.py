@@ -59,6 +59,12 @@ nested random set per seed (``adbench/data/shots.py``). Per-seed numbers are the
 paper's draws, only the same protocol in distribution. Full-shot (no ``--shots``) uses every
 training image, rotated too under ``agnostic`` (the code has no shot-dependent switch).
 
+Checkpoint. The finished memory bank (and the record's bank facts) is the job's checkpoint,
+phase ``memory_bank`` (as PatchCore's): a job killed while it scores, or rerun from a kept final
+checkpoint, restores the bank and embeds no reference image again. Its size is the bank's:
+n_patches x 384 x 4 bytes, 12.6 MB per reference image at 448 px with 8 rotations (a full-shot
+category of a few hundred images: a few GB, written once).
+
 Deviations, all documented choices:
 * Geometry. The harness resizes to a square (``Preprocess``, here PIL bicubic as the official
   ``Resize``). For square originals (MVTec AD, the synthetic set) that is exactly the official
@@ -144,6 +150,7 @@ class AnomalyDINOConfig(MethodConfig):
 class AnomalyDINO(Detector):
     """Nearest-neighbour cosine distance of DINOv2 patch features to (rotated) reference patches."""
 
+    VERSION = 2  # 2: the memory bank is the job's checkpoint
     Config = AnomalyDINOConfig
     PROFILES = {
         "paper": {},
@@ -186,9 +193,24 @@ class AnomalyDINO(Detector):
 
     # --- memory bank --------------------------------------------------------------------------
     def fit(self, train_loader: Iterable[Batch]) -> None:
-        t0 = time.perf_counter()
+        """Build the memory bank. It is the job's checkpoint (phase ``memory_bank``, with the
+        record's bank facts): a job killed while it scores resumes without a backbone pass over
+        any reference image, and scores with the very same bank (float32, as built)."""
         self.test_patches.clear()
         self.test_sigmas.clear()
+        checkpoints = self.context.checkpoints
+        if checkpoints.finished("memory_bank"):
+            saved = checkpoints.phase("memory_bank").extra_state
+            bank, self.facts = saved["bank"], dict(saved["facts"])
+        else:
+            bank = self._build_bank(train_loader)
+            checkpoints.phase("memory_bank").finish(extra={"bank": bank, "facts": self.facts})
+            checkpoints.training_done()
+        self.knn = NearestNeighbours(bank, device=self.device)
+
+    def _build_bank(self, train_loader: Iterable[Batch]) -> torch.Tensor:
+        """The L2-normalised reference patches [M, C] (float32, CPU); sets ``facts``."""
+        t0 = time.perf_counter()
         bank, sources, counts, grid = [], set(), defaultdict(int), None
         for batch in tqdm(train_loader, desc="anomalydino bank", disable=not self.context.progress, leave=False):
             views, owners = [], []
@@ -206,8 +228,8 @@ class AnomalyDINO(Detector):
         if not bank:
             raise DataError("anomalydino: the training loader yielded no images")
         bank = F.normalize(torch.cat(bank), dim=1)  # faiss.normalize_L2 (detection.py:117-118)
-        self.knn = NearestNeighbours(bank, device=self.device)
         self.facts = self._bank_facts(bank, grid, counts, sources, time.perf_counter() - t0)
+        return bank
 
     def _reference_views(self, batch: Batch, i: int, rotation: bool) -> tuple[list[torch.Tensor], str]:
         """The reference image ``i`` of ``batch`` and, when its category is rotated, its 8

@@ -73,7 +73,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from adbench.components.dinov2 import RANDOM_WEIGHTS_NOTE, DinoV2
+from adbench.components.dinov2 import DinoV2
 from adbench.config import MethodConfig
 from adbench.data import Batch
 from adbench.data.batch_stream import BatchStream, gather, to_device
@@ -87,6 +87,13 @@ from adbench.precision import full
 from adbench.registry import register_method
 from adbench.training.stable_adamw import StableAdamW
 from adbench.training.warm_cosine import WarmCosineLR
+
+#: what a record with random encoder weights says (issue 26, item 4)
+RANDOM_ENCODER_NOTE = (
+    "random DINOv2 weights: timm initialises LayerScale to 1e-5, so blocks 2-9 barely change the tokens and "
+    "all eight target layers are nearly the same random linear projection of each patch plus its position "
+    "embedding; the reconstruction then measures how well the decoder rebuilds that projection, not what "
+    "DINOv2 features make of the image")
 
 #: the protocol-dependent official values: (iterations, StableAdamW eps)
 UNIFIED_DEFAULTS = (10000, 1e-10)  # dinomaly_mvtec_uni.py:71, 165-166
@@ -278,7 +285,7 @@ class Dinomaly(Detector):
         if n is not None:
             facts.update(train_images_in_loader=n, batch=batch, seconds_fit_this_attempt=round(seconds, 2))
         if self.encoder.weights.is_random:
-            facts["random_weights_note"] = RANDOM_WEIGHTS_NOTE
+            facts["random_weights_note"] = RANDOM_ENCODER_NOTE
         return facts
 
     # --- scoring -------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ $A plot bars --results $R -d folder --metric image_auroc --out $R/figures/folder
 $A plot bars --results $R -d mvtec --metric image_auroc --out $R/figures/mvtec_bars_image_auroc
 $A plot cost --results $R -d mvtec --metric image_auroc --out $R/figures/mvtec_cost_fit_seconds
 $A plot cost --results $R -d mvtec --metric image_auroc --x test_throughput --out $R/figures/mvtec_cost_throughput
-for m in patchcore tocoad reverse_distillation fastflow uniad draem autoencoder cutpaste_patch feature_gaussian mean_image anomalydino; do
+for m in patchcore tocoad reverse_distillation fastflow uniad draem autoencoder cutpaste_patch feature_gaussian mean_image anomalydino dinomaly; do
   $A plot gallery --results $R -d mvtec -m $m -c bottle -n 4 --out $R/figures/gallery_${m}_bottle_worst
 done
 # the report site (results/report/index.html): same records, same bytes

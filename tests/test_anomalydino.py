@@ -251,3 +251,40 @@ def test_weights_folder_file_of_a_vit_is_checked_against_the_whole_model(monkeyp
     assert loaded.weights.source == f"weights dir {path.name}" and loaded.weights.sha256
     assert torch.equal(loaded.model.blocks[0].ls1.gamma, net.model.blocks[0].ls1.gamma)
     assert math.isclose(float(loaded.model.norm.weight.sum()), float(net.model.norm.weight.sum()))
+
+
+# --- (f) the memory bank is the job's checkpoint ------------------------------------------------
+def test_bank_checkpoint_restores_without_a_reference_pass(random_state, tmp_path, monkeypatch):
+    """A job killed while scoring (its final checkpoint holds the bank) or rerun from a kept
+    checkpoint: the bank comes back without embedding a reference image, and scores the same."""
+    from resume_kit import checkpointing
+
+    cls = METHODS.get("anomalydino")
+    config = resolve_config(cls.Config, cls.PROFILES, "quick", {"image_size": 56, "preprocessing": "agnostic"},
+                            method="anomalydino")
+
+    def build(path):
+        det = cls(config, RunContext(seed=0, weights="random", profile="quick", checkpoints=checkpointing(path, 0, 1e9)))
+        det.backbone.model.load_state_dict(random_state)
+        return det
+
+    images = torch.rand(5, 3, 56, 56, generator=torch.Generator().manual_seed(3))
+    path = tmp_path / "job.ckpt"
+    first = build(path)
+    first.fit(batches(images[:2], "bottle"))
+    assert path.is_file() and first.context.checkpoints.saves == 1
+    expected = first.predict(batches(images[2:], "bottle")[0])
+
+    again = build(path)
+
+    def no_reference_pass(*args, **kwargs):
+        raise AssertionError("a reference image was embedded again")
+
+    monkeypatch.setattr(again, "features", no_reference_pass)
+    again.fit(batches(images[:2], "bottle"))
+    monkeypatch.undo()
+    assert again.context.checkpoints.resumed.final
+    assert again.record_extras()["bank_size"] == 2 * len(ANGLES) * 16
+    got = again.predict(batches(images[2:], "bottle")[0])
+    assert torch.equal(expected.scores, got.scores) and torch.equal(expected.maps, got.maps)
+    assert again.record_extras() == first.record_extras()  # the bank facts came back with the bank
