@@ -52,10 +52,11 @@ Deviations, all documented choices:
 Profiles. ``paper``: the above. ``quick``: the same design on a 2-core CPU budget: the ViT-S/14
 register encoder (``vit_small_patch14_reg4_dinov2.lvd142m``, 384-d, 6 heads; the official
 encoder table offers it as ``dinov2reg_vit_small_14``, ``models/vit_encoder.py``:47-49), resize 256
-and crop 224 (the paper's 448 / 392 ratio, 16 x 16 patches), batch 8, 200 iterations (about 2 s
-each on 2 CPU cores: ~7 min per model) with the warm-up and the hard-mining ramp scaled to the
-same fractions of training as the paper's 100 and 1,000 of 10,000 (2 and 20 iterations). Like every ``quick*`` profile it falls back to random weights with a
-warning when the DINOv2 weights are not available; a random DINOv2's blocks barely change their
+and crop 224 (the paper's 448 / 392 ratio, 16 x 16 patches), batch 8, 200 iterations (2.1 s
+each on 2 idle CPU cores: 421 s for the unified bottle + magnetic_tile model) with the warm-up
+and the hard-mining ramp scaled to the same fractions of training as the paper's 100 and 1,000
+of 10,000 (2 and 20 iterations). Like every ``quick*`` profile it falls back to random weights
+with a warning when the DINOv2 weights are not available; a random DINOv2's blocks barely change their
 input (timm's LayerScale starts at 1e-5), so the eight "layers" are nearly the same random linear
 projection of each patch (the record says so).
 
@@ -210,7 +211,8 @@ class Dinomaly(Detector):
 
     def training_loss(self, images: torch.Tensor, iteration: int) -> torch.Tensor:
         encoder, decoder = self.groups(images)
-        p = hard_mining_fraction(iteration, final=self.config.hard_mining_p, ramp_iterations=self.config.hard_mining_ramp)
+        cfg = self.config
+        p = hard_mining_fraction(iteration, final=cfg.hard_mining_p, ramp_iterations=cfg.hard_mining_ramp)
         return hard_mining_cosine_loss(encoder, decoder, p=p, factor=self.config.hard_mining_factor)
 
     def make_optimizer(self) -> tuple[StableAdamW, WarmCosineLR]:

@@ -142,8 +142,9 @@ def test_method_all_with_profile_miad_runs_the_six_and_notes_the_others(tmp_path
     assert not any(n.startswith("skipping uniad") for n in unified.notes)
     plan.notes = [n for n in plan.notes if not n.startswith("skipping uniad")]
     skipped = sorted(n.split(":")[0] for n in plan.notes if n.startswith("skipping "))
-    assert skipped == sorted(f"skipping {m}" for m in ("anomalydino", "cutpaste", "cutpaste_patch", "feature_gaussian",
-                                                      "kit_mean", "kit_trained", "kit_scoreonly", "mean_image", "tocoad"))
+    assert skipped == sorted(f"skipping {m}" for m in ("anomalydino", "cutpaste", "cutpaste_patch", "dinomaly",
+                                                      "feature_gaussian", "kit_mean", "kit_trained", "kit_scoreonly",
+                                                      "mean_image", "tocoad"))
     assert all(n.endswith("it has no 'miad' profile") for n in plan.notes if n.startswith("skipping "))
     with pytest.raises(ConfigError, match="--profile 'miad' is not defined for cutpaste"):
         plan_run(RunOptions(**{**opts.__dict__, "method": "cutpaste"}))

@@ -42,7 +42,8 @@ class WarmCosineLR(torch.optim.lr_scheduler.LRScheduler):
     def __init__(self, optimizer, *, base: float, final: float, total: int, warmup: int = 0, start: float = 0.0):
         if total < 1 or not 0 <= warmup <= total:
             raise ValueError(f"WarmCosineLR: need total >= 1 and 0 <= warmup <= total (got {total}, {warmup})")
-        self.base, self.final, self.total, self.warmup, self.start = float(base), float(final), int(total), int(warmup), float(start)
+        self.base, self.final, self.start = float(base), float(final), float(start)
+        self.total, self.warmup = int(total), int(warmup)
         super().__init__(optimizer)
 
     def get_lr(self) -> list[float]:
